@@ -1,0 +1,59 @@
+"""Capture the target layer's activation during the one forward pass that predicts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+class ActivationCapture:
+    """Holds the target layer's output of the latest forward.
+
+    ``detach_prefix=True`` makes the activation a leaf that requires grad, so autograd
+    records only what follows the layer (the model's parameters are frozen). Downstream
+    modules get a clone, so an in-place op after the layer cannot corrupt the capture.
+    """
+
+    def __init__(self, detach_prefix: bool) -> None:
+        self.detach_prefix = detach_prefix
+        self.activation: torch.Tensor | None = None
+
+    def hook(self, module: nn.Module, _inputs, output):
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(
+                f"target layer {type(module).__name__} returns {type(output).__name__}, "
+                "not a tensor; choose a layer with a single tensor output"
+            )
+        act = output.detach().requires_grad_(True) if self.detach_prefix else output
+        self.activation = act
+        return act.clone()
+
+    def take(self) -> torch.Tensor:
+        """The captured activation; raises if the layer was not reached by the forward."""
+        if self.activation is None:
+            raise RuntimeError("the target layer was not called during the forward pass")
+        return self.activation
+
+
+@contextmanager
+def capture_activation(layer: nn.Module, detach_prefix: bool) -> Iterator[ActivationCapture]:
+    """Hook ``layer`` for the duration of the block; the handle never outlives it."""
+    capture = ActivationCapture(detach_prefix)
+    handle = layer.register_forward_hook(capture.hook)
+    try:
+        yield capture
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def replace_activation(layer: nn.Module, replacement: torch.Tensor) -> Iterator[None]:
+    """Make ``layer`` output ``replacement``: evaluates the model's head on a chosen map."""
+    handle = layer.register_forward_hook(lambda _m, _i, _o: replacement)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -1,0 +1,121 @@
+"""Target-layer discovery: find the last spatial feature map before global pooling."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+# Modules whose output is never a good explanation layer: pooling only resamples the
+# feature map before it, dropout is the identity in eval mode.
+_SKIPPED_TYPES = (
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.AvgPool2d,
+    nn.MaxPool2d,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.Identity,
+)
+
+
+class TargetLayerError(ValueError):
+    """The target layer named in the model config does not exist or is unusable."""
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    """One module call seen during a probe forward, in completion order."""
+
+    name: str
+    module: nn.Module
+    output_shape: tuple[int, ...] | None  # None when the output is not a single tensor
+
+
+def trace_module_outputs(model: nn.Module, example: torch.Tensor) -> list[LayerRecord]:
+    """Run ``model(example)`` once and record every named module's output shape.
+
+    Records are in completion order, so a container comes right after its last child.
+    """
+    records: list[LayerRecord] = []
+    handles = []
+
+    def make_hook(name: str):
+        def hook(module: nn.Module, _inputs, output) -> None:
+            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
+            records.append(LayerRecord(name, module, shape))
+
+        return hook
+
+    for name, module in model.named_modules():
+        if name:  # the root module's output is the logits, never a target
+            handles.append(module.register_forward_hook(make_hook(name)))
+    try:
+        with torch.inference_mode():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return records
+
+
+def _is_spatial(record: LayerRecord) -> bool:
+    shape = record.output_shape
+    return shape is not None and len(shape) == 4 and shape[2] * shape[3] > 1
+
+
+def spatial_candidates(records: list[LayerRecord]) -> list[str]:
+    """Names of modules producing an N x C x H x W map (H*W > 1), last first, unique."""
+    names: list[str] = []
+    for record in reversed(records):
+        if _is_spatial(record) and not isinstance(record.module, _SKIPPED_TYPES):
+            if record.name not in names:
+                names.append(record.name)
+    return names
+
+
+def discover_target_layer(model: nn.Module, example: torch.Tensor) -> str:
+    """Name of the last module whose output is a spatial feature map before pooling.
+
+    ResNet gives ``layer4``, GoogLeNet ``inception5b``, DenseNet/EfficientNet/MobileNet
+    ``features``, SqueezeNet its final ReLU'd conv (``classifier.2``).
+    """
+    records = trace_module_outputs(model, example)
+    candidates = spatial_candidates(records)
+    if not candidates:
+        raise TargetLayerError(
+            "no module of this model outputs a spatial feature map (N x C x H x W); "
+            "Grad-CAM needs a convolutional layer: name one with target_layer"
+        )
+    chosen = candidates[0]
+    completed = [r.name for r in records]
+    after = records[completed.index(chosen) + 1 :]
+    if any(r.output_shape is not None and len(r.output_shape) == 3 and r.output_shape[1] > 1 for r in after):
+        raise TargetLayerError(
+            f"the last spatial feature map ({chosen!r}) is followed by token-sequence "
+            "layers (a transformer?); pick the explanation layer yourself with target_layer"
+        )
+    logger.info("discovered target layer %r (output %s)", chosen, records[completed.index(chosen)].output_shape)
+    return chosen
+
+
+def resolve_target_layer(model: nn.Module, name: str, example: torch.Tensor) -> nn.Module:
+    """The module called ``name``, or a TargetLayerError listing usable names."""
+    modules = dict(model.named_modules())
+    module = modules.get(name)
+    records = None
+    if module is not None:
+        records = trace_module_outputs(model, example)
+        if any(r.module is module and _is_spatial(r) for r in records):
+            return module
+    records = records or trace_module_outputs(model, example)
+    candidates = spatial_candidates(records)[:12]
+    problem = "does not exist" if module is None else "does not output a spatial N x C x H x W map"
+    raise TargetLayerError(
+        f"target layer {name!r} {problem} in {type(model).__name__}; "
+        f"candidates (last first): {', '.join(candidates) or 'none'}"
+    )
