@@ -1,0 +1,39 @@
+# Everything a newcomer needs: `make serve` and `make test` (both create .venv first).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+MAR := model_store/inspection.mar
+SOURCES := $(shell find handlers -name '*.py' -not -path '*/__pycache__/*')
+
+.PHONY: venv serve test mar train clean java-check
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+java-check:
+	@command -v java >/dev/null 2>&1 || { echo "TorchServe needs Java 11 or newer: install e.g. openjdk-17-jre-headless" >&2; exit 1; }
+	@java -version 2>&1 | awk -F'"' '/version/ { split($$2, v, "."); major = (v[1] == "1") ? v[2] : v[1]; if (major + 0 < 11) { print "TorchServe needs Java 11 or newer, found " $$2 > "/dev/stderr"; exit 1 } }'
+
+$(MAR): $(STAMP) $(SOURCES) handlers/inspection/inspection.pth
+	$(PY) -m handlers.archive inspection --export-path model_store
+
+mar: $(MAR)
+
+serve: $(STAMP) java-check $(MAR)
+	@echo "TorchServe on http://127.0.0.1:8080 (Ctrl-C stops it). In another terminal:"
+	@echo "  curl -X POST http://127.0.0.1:8080/predictions/inspection -T handlers/inspection/samples/scratch.png"
+	$(VENV)/bin/torchserve --start --foreground --ncs --model-store model_store --ts-config config.properties --models inspection=inspection.mar
+
+test: $(STAMP) java-check
+	$(PY) -m pytest
+
+train: $(STAMP)
+	$(PY) -m handlers.inspection.train --out handlers/inspection/inspection.pth
+
+clean:
+	rm -rf model_store/*.mar logs .pytest_cache

@@ -1,0 +1,1 @@
+"""The TorchServe glue: maps requests to the engine and results back to JSON."""

@@ -1,0 +1,78 @@
+"""Our keys in the model-config YAML (under ``gradcam:``), validated once at model load."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+CONFIG_KEY = "gradcam"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How an image becomes the model's input tensor.
+
+    ``resize``: an int resizes the shorter side (aspect kept), [h, w] resizes exactly;
+    ``crop``: optional centre crop side after resizing.
+    """
+
+    resize: int | tuple[int, int]
+    crop: int | None = None
+    interpolation: str = "bilinear"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.resize, int) and self.crop is None:
+            raise ValueError("input.resize as a single int needs input.crop to fix the input size")
+        if self.interpolation not in ("nearest", "bilinear", "bicubic"):
+            raise ValueError(f"input.interpolation {self.interpolation!r} is not nearest, bilinear or bicubic")
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the tensor the model receives."""
+        if self.crop is not None:
+            return (self.crop, self.crop)
+        assert isinstance(self.resize, tuple)
+        return self.resize
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Everything the handler reads from ``model_yaml_config['gradcam']``."""
+
+    model: dict[str, Any]
+    input: InputSpec
+    target_layer: str | None = None
+    defaults: dict[str, Any] = field(default_factory=dict)
+    max_image_pixels: int = 40_000_000
+    max_targets: int = 10
+
+    @classmethod
+    def from_yaml(cls, yaml_config: dict[str, Any] | None) -> ServingConfig:
+        """Parse and validate; raises ValueError naming the bad key."""
+        section = (yaml_config or {}).get(CONFIG_KEY)
+        if not isinstance(section, dict):
+            raise ValueError(f"model-config YAML has no '{CONFIG_KEY}:' section (build the MAR with handlers.archive)")
+        unknown = set(section) - {"model", "input", "target_layer", "defaults", "max_image_pixels", "max_targets"}
+        if unknown:
+            raise ValueError(f"unknown key(s) in '{CONFIG_KEY}:' section: {', '.join(sorted(unknown))}")
+        raw_input = dict(section.get("input") or {})
+        unknown_input = set(raw_input) - {"resize", "crop", "interpolation", "mean", "std"}
+        if unknown_input:
+            raise ValueError(f"unknown key(s) in '{CONFIG_KEY}.input': {', '.join(sorted(unknown_input))}")
+        if "resize" not in raw_input:
+            raise ValueError(f"'{CONFIG_KEY}.input.resize' is required")
+        resize = raw_input.pop("resize")
+        raw_input["resize"] = resize if isinstance(resize, int) else tuple(int(v) for v in resize)
+        for key in ("mean", "std"):
+            if key in raw_input:
+                raw_input[key] = tuple(float(v) for v in raw_input[key])
+        return cls(
+            model=dict(section.get("model") or {}),
+            input=InputSpec(**raw_input),
+            target_layer=section.get("target_layer"),
+            defaults=dict(section.get("defaults") or {}),
+            max_image_pixels=int(section.get("max_image_pixels", cls.max_image_pixels)),
+            max_targets=int(section.get("max_targets", cls.max_targets)),
+        )

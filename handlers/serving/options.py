@@ -1,0 +1,143 @@
+"""Per-request options: one parser, one precedence, one validation path.
+
+Sources, lowest precedence first: the model's defaults (model-config YAML), request
+headers ``X-Explain-<option>`` (``_`` written ``-``), then fields of the JSON body or
+multipart form. A bad value is a 400 for that request, naming the option and the
+accepted values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import bad_request
+
+HEADER_PREFIX = "x-explain-"
+FORMATS = ("grid", "png", "overlay", "raw")
+SIZES = ("feature", "input")
+OPTIONS = ("method", "target", "top_k", "top_k_explanations", "format", "size")
+BUILTIN_DEFAULTS: dict[str, Any] = {"method": "gradcam", "top_k": 3, "top_k_explanations": 1, "format": "grid", "size": "feature"}
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    """Validated options of one request. Empty ``targets`` means: explain the top predictions."""
+
+    method: str
+    targets: tuple[int, ...]
+    top_k: int
+    top_k_explanations: int
+    format: str
+    size: str
+
+
+def header_options(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``X-Explain-*`` request headers as option fields (case-insensitive names)."""
+    return {
+        name.lower()[len(HEADER_PREFIX) :].replace("-", "_"): value
+        for name, value in headers.items()
+        if isinstance(name, str) and name.lower().startswith(HEADER_PREFIX)
+    }
+
+
+def _text(value: Any) -> Any:
+    return bytes(value).decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else value
+
+
+def _integer(name: str, value: Any, low: int, high: int) -> int:
+    value = _text(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise bad_request(f"option '{name}' must be an integer from {low} to {high}, got {value!r}")
+    if not low <= value <= high:
+        raise bad_request(f"option '{name}' must be from {low} to {high}, got {value}")
+    return value
+
+
+def _choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    value = _text(value)
+    if isinstance(value, str) and value.strip().lower() in choices:
+        return value.strip().lower()
+    raise bad_request(f"option '{name}' must be one of {', '.join(choices)}; got {value!r}")
+
+
+class OptionParser:
+    """Validates option fields against a model's classes and methods."""
+
+    def __init__(self, labels: Sequence[str], methods: Sequence[str], defaults: Mapping[str, Any], max_targets: int) -> None:
+        self.labels = list(labels)
+        self.methods = tuple(methods)
+        self.max_targets = max_targets
+        self._by_label = {label: i for i, label in enumerate(self.labels)}
+        self._by_folded_label = {label.casefold(): i for i, label in enumerate(self.labels)}
+        self._default_fields = {**BUILTIN_DEFAULTS, **defaults}
+        try:
+            self.defaults = self.parse(self._default_fields)
+        except Exception as error:
+            raise ValueError(f"invalid 'gradcam.defaults' in the model config: {error}") from None
+
+    def _class_index(self, value: Any) -> int:
+        if isinstance(value, bool):
+            raise bad_request(f"option 'target' must be a class index or label, got {value!r}")
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value.strip())
+        if isinstance(value, int):
+            if 0 <= value < len(self.labels):
+                return value
+            raise bad_request(f"option 'target': class index {value} is outside 0..{len(self.labels) - 1}")
+        if isinstance(value, str):
+            label = value.strip()
+            found = self._by_label.get(label, self._by_folded_label.get(label.casefold()))
+            if found is not None:
+                return found
+            shown = ", ".join(self.labels[:10]) + (f", ... ({len(self.labels)} labels)" if len(self.labels) > 10 else "")
+            raise bad_request(f"option 'target': {label!r} is not a class label; valid: {shown} or indices 0..{len(self.labels) - 1}")
+        raise bad_request(f"option 'target' must be a class index or label (or a list of them), got {type(value).__name__}")
+
+    def _targets(self, value: Any) -> tuple[int, ...]:
+        value = _text(value)
+        items = value.split(",") if isinstance(value, str) else value if isinstance(value, list) else [value]
+        targets = tuple(dict.fromkeys(self._class_index(item) for item in items if item != ""))
+        if not targets:
+            raise bad_request("option 'target' is empty")
+        if len(targets) > self.max_targets:
+            raise bad_request(f"option 'target': {len(targets)} targets, at most {self.max_targets} per image")
+        return targets
+
+    def parse(self, fields: Mapping[str, Any], request_fields: Mapping[str, Any] | None = None) -> RequestOptions:
+        """Validated options from ``fields`` (already merged by precedence).
+
+        ``request_fields`` (the part that came from the request itself) is checked for a
+        contradiction: explicit targets together with ``top_k_explanations``.
+        """
+        unknown = [name for name in fields if name not in OPTIONS]
+        if unknown:
+            raise bad_request(f"unknown option {unknown[0]!r}; valid options: {', '.join(OPTIONS)} (and the image in 'data')")
+        if request_fields and "target" in request_fields and "top_k_explanations" in request_fields:
+            raise bad_request("give either 'target' or 'top_k_explanations', not both")
+        num_classes = len(self.labels)
+        return RequestOptions(
+            method=_choice("method", fields["method"], self.methods),
+            targets=self._targets(fields["target"]) if fields.get("target") not in (None, "") else (),
+            top_k=min(_integer("top_k", fields["top_k"], 1, 10**6), num_classes),
+            top_k_explanations=_integer("top_k_explanations", fields["top_k_explanations"], 1, min(num_classes, self.max_targets)),
+            format=_choice("format", fields["format"], FORMATS),
+            size=_choice("size", fields["size"], SIZES),
+        )
+
+    def for_request(self, headers: Mapping[str, Any], body_fields: Mapping[str, Any], explain: bool = False) -> RequestOptions:
+        """Options of one request: defaults < X-Explain-* headers < body/form fields.
+
+        ``explain`` (the /explanations endpoint) turns a default method of ``none`` into
+        ``gradcam``: that endpoint always explains unless the request itself says none.
+        """
+        request_fields = {**header_options(headers), **body_fields}
+        defaults = dict(self._default_fields)
+        if explain and defaults["method"] == "none":
+            defaults["method"] = "gradcam"
+        if "target" in request_fields:  # an explicit target replaces a default top-k
+            defaults["top_k_explanations"] = 1
+        return self.parse({**defaults, **request_fields}, request_fields)

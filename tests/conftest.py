@@ -1,0 +1,35 @@
+"""Shared fixtures: small random-weight models and the fake TorchServe context."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+import torchvision
+
+
+@functools.lru_cache(maxsize=None)
+def _random_model(arch: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    kwargs = {"aux_logits": False, "init_weights": True} if arch in ("googlenet", "inception_v3") else {}
+    return torchvision.models.get_model(arch, weights=None, **kwargs).eval()
+
+
+@pytest.fixture
+def random_model():
+    """torchvision architecture with seeded random weights: mechanics only, no downloads."""
+    return _random_model
+
+
+@functools.lru_cache(maxsize=None)
+def _explainer(arch: str, size: int):
+    from handlers.engine import Explainer
+
+    return Explainer(_random_model(arch), (size, size))
+
+
+@pytest.fixture
+def explainer_for():
+    """Cached Explainer of a random-weight torchvision model at a square input size."""
+    return _explainer

@@ -1,0 +1,191 @@
+"""The explanation engine against Captum, on real torchvision architectures (random weights)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from captum.attr import GuidedGradCam, LayerGradCam
+from torch import nn
+
+from handlers.engine import Explainer, Job, TargetLayerError
+
+SIDE = 112  # small inputs keep the suite fast; discovery is size-independent
+SIZE = (SIDE, SIDE)
+
+DISCOVERED = {
+    "resnet18": "layer4",
+    "googlenet": "inception5b",
+    "densenet121": "features",
+    "squeezenet1_1": "classifier.2",
+    "mobilenet_v3_small": "features",
+    "efficientnet_b0": "features",
+    "vgg11_bn": "features",
+}
+
+
+def images(n: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn((n, 3, *SIZE), generator=torch.Generator().manual_seed(seed))
+
+
+def rel_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((ours - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+
+
+@pytest.mark.parametrize("arch,layer", sorted(DISCOVERED.items()))
+def test_discovers_last_spatial_block(explainer_for, arch, layer):
+    assert explainer_for(arch, SIDE).layer_name == layer
+
+
+@pytest.mark.parametrize("arch,cam", [("resnet18", True), ("googlenet", True), ("efficientnet_b0", True),
+                                      ("densenet121", False), ("vgg11_bn", False), ("mobilenet_v3_small", False),
+                                      ("squeezenet1_1", False)])
+def test_cam_fast_path_only_for_pool_linear_heads(explainer_for, arch, cam):
+    assert explainer_for(arch, SIDE).uses_cam_fast_path is cam
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "googlenet", "densenet121", "squeezenet1_1", "vgg11_bn"])
+def test_gradcam_equals_captum_layergradcam_with_per_sample_targets(explainer_for, arch):
+    explainer = explainer_for(arch, SIDE)
+    model = explainer.view.model
+    x = images(3)
+    targets = [7, 1, 999]
+    results = explainer.explain(x, [Job("gradcam", (t,)) for t in targets])
+    ours = torch.stack([r.explanations[0].values for r in results])
+    layer = dict(model.named_modules())[explainer.layer_name]
+    reference = LayerGradCam(model, layer).attribute(x, target=targets, relu_attributions=True).detach()[:, 0]
+    assert [r.explanations[0].target for r in results] == targets
+    assert rel_error(ours, reference) < 1e-5
+
+
+def test_batch_gives_the_same_maps_as_one_by_one(explainer_for):
+    explainer = explainer_for("resnet18", SIDE)
+    x = images(4)
+    jobs = [Job("gradcam", (3,)), Job("guided_gradcam"), Job("gradcam", top_k=2), Job("none")]
+    together = explainer.explain(x, jobs)
+    for i, job in enumerate(jobs):
+        (alone,) = explainer.explain(x[i : i + 1], [job])
+        assert torch.allclose(together[i].probabilities, alone.probabilities, atol=1e-6)
+        assert [e.target for e in together[i].explanations] == [e.target for e in alone.explanations]
+        for a, b in zip(together[i].explanations, alone.explanations):
+            assert rel_error(a.values, b.values) < 1e-4
+
+
+def test_default_targets_are_the_top_predictions_of_the_same_pass(explainer_for):
+    explainer = explainer_for("densenet121", SIDE)
+    (result,) = explainer.explain(images(1), [Job("gradcam", top_k=3)])
+    assert [e.target for e in result.explanations] == result.probabilities.topk(3).indices.tolist()
+
+
+def test_multiple_targets_equal_separate_explanations(explainer_for):
+    explainer = explainer_for("vgg11_bn", SIDE)  # autograd path: one backward per slot
+    x = images(2)
+    (both, other) = explainer.explain(x, [Job("gradcam", (5, 9)), Job("gradcam", (9,))])
+    (five,) = explainer.explain(x[:1], [Job("gradcam", (5,))])
+    (nine,) = explainer.explain(x[:1], [Job("gradcam", (9,))])
+    assert rel_error(both.explanations[0].values, five.explanations[0].values) < 1e-5
+    assert rel_error(both.explanations[1].values, nine.explanations[0].values) < 1e-5
+    assert other.explanations[0].target == 9
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "vgg11_bn"])
+def test_guided_gradcam_equals_captum_where_relus_are_modules(explainer_for, arch):
+    explainer = explainer_for(arch, SIDE)
+    model = explainer.view.model
+    x = images(2)
+    results = explainer.explain(x, [Job("guided_gradcam", (2,)), Job("guided_gradcam", (4,))])
+    layer = dict(model.named_modules())[explainer.layer_name]
+    reference = GuidedGradCam(model, layer).attribute(x.clone(), target=[2, 4]).detach().abs().amax(dim=1)
+    ours = torch.stack([r.explanations[0].values for r in results])
+    assert ours.shape == (2, *SIZE)
+    assert rel_error(ours, reference) < 1e-5
+
+
+class FunctionalReluNet(nn.Module):
+    """ReLUs called as functions, as in GoogLeNet, Inception3 and DenseNet."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1, stride=2)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        x = F.relu(self.conv2(x))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def test_guided_backprop_is_applied_to_functional_relus():
+    torch.manual_seed(0)
+    model = FunctionalReluNet().eval()
+    x = torch.randn(1, 3, 32, 32)
+    explainer = Explainer(model, (32, 32), target_layer="conv2")
+    (ours,) = explainer.explain(x, [Job("guided_gradcam", (1,))])
+    # Captum hooks only nn.ReLU modules, so here it returns gradient x Grad-CAM.
+    captum = GuidedGradCam(model, model.conv2).attribute(x.clone(), target=1).detach().abs().amax(dim=1)[0]
+    xg = x.clone().requires_grad_(True)
+    (plain,) = torch.autograd.grad(model(xg)[0, 1], xg)
+    cam = LayerGradCam(model, model.conv2).attribute(x, target=1, relu_attributions=True).detach()
+    plain_times_cam = (plain * F.interpolate(cam, size=(32, 32), mode="nearest")).abs().amax(dim=1)[0]
+    assert rel_error(captum, plain_times_cam) < 1e-5
+    assert rel_error(ours.explanations[0].values, plain_times_cam) > 0.05
+
+
+def test_no_hook_or_mode_outlives_a_call(explainer_for):
+    explainer = explainer_for("resnet18", SIDE)
+    model = explainer.view.model
+    for method in ("gradcam", "guided_gradcam", "none"):
+        explainer.explain(images(2), [Job(method), Job(method, top_k=2)])
+    for module in model.modules():
+        assert not module._forward_hooks and not module._forward_pre_hooks and not module._backward_hooks
+    assert not torch.overrides._get_current_function_mode_stack()
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_results_are_detached_from_any_graph(explainer_for):
+    explainer = explainer_for("vgg11_bn", SIDE)
+    (result,) = explainer.explain(images(1), [Job("guided_gradcam")])
+    assert result.explanations[0].values.grad_fn is None and not result.explanations[0].values.requires_grad
+    assert result.probabilities.grad_fn is None
+
+
+def test_wrong_target_layer_names_candidates(random_model):
+    with pytest.raises(TargetLayerError, match=r"'layer9' does not exist.*candidates.*layer4"):
+        Explainer(random_model("resnet18"), SIZE, target_layer="layer9")
+    with pytest.raises(TargetLayerError, match=r"'fc' does not output a spatial"):
+        Explainer(random_model("resnet18"), SIZE, target_layer="fc")
+
+
+def test_explicit_middle_layer_is_explained_at_its_resolution(random_model):
+    explainer = Explainer(random_model("resnet18"), SIZE, target_layer="layer3")
+    (result,) = explainer.explain(images(1), [Job("gradcam")])
+    assert not explainer.uses_cam_fast_path
+    assert tuple(result.explanations[0].values.shape) == (SIDE // 16, SIDE // 16)
+
+
+def test_out_of_range_target_and_unknown_method_raise(explainer_for):
+    explainer = explainer_for("resnet18", SIDE)
+    with pytest.raises(ValueError, match="outside 0..999"):
+        explainer.explain(images(1), [Job("gradcam", (1000,))])
+    with pytest.raises(ValueError, match="unknown method 'lime'"):
+        explainer.explain(images(1), [Job("lime")])
+
+
+class TokenNet(nn.Module):
+    """A patch embedding followed by token layers, like a vision transformer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 16, 8, stride=8)
+        self.mix = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        tokens = self.mix(self.patch(x).flatten(2).transpose(1, 2))
+        return self.head(tokens.mean(1))
+
+
+def test_transformer_like_model_needs_an_explicit_layer():
+    with pytest.raises(TargetLayerError, match="token-sequence"):
+        Explainer(TokenNet().eval(), (32, 32))
