@@ -1,0 +1,172 @@
+"""The TorchServe handler on a MAR built by our CLI, driven batch by batch like a worker."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from handlers.archive import main as archive_main
+from handlers.serving.handler import GradCamHandler
+from torchserve_fakes import load_context, unpack_mar, with_requests
+
+TINY_NET = '''
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    def __init__(self, num_classes: int = 3):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU()
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.features(x)).flatten(1))
+'''
+LABELS = ["cat", "dog", "bird"]
+SIDE = 32
+
+
+def build_custom_mar(directory: Path, *extra: str) -> Path:
+    (directory / "tiny_net.py").write_text(TINY_NET)
+    namespace: dict = {}
+    exec(TINY_NET, namespace)  # noqa: S102 - the same source the MAR ships
+    torch.manual_seed(0)
+    torch.save(namespace["TinyNet"]().state_dict(), directory / "tiny.pth")
+    (directory / "labels.txt").write_text("\n".join(LABELS))
+    archive_main([
+        "custom", "--name", "tiny", "--model-file", str(directory / "tiny_net.py"), "--weights", str(directory / "tiny.pth"),
+        "--labels", str(directory / "labels.txt"), "--input-size", str(SIDE), "--export-path", str(directory), *extra,
+    ])
+    return directory / "tiny.mar"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("tiny")
+    return unpack_mar(build_custom_mar(work), work / "model")
+
+
+@pytest.fixture(scope="module")
+def handler(model_dir) -> GradCamHandler:
+    handler = GradCamHandler()
+    handler.initialize(load_context(model_dir, "tiny"))
+    return handler
+
+
+def image_bytes(seed: int, size=(40, 30), fmt="PNG") -> bytes:
+    array = (np.random.default_rng(seed).random((size[1], size[0], 3)) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def run_batch(handler, rows, headers=None):
+    headers = headers or [{} for _ in rows]
+    context = with_requests(handler.context, headers)
+    output = handler.handle(rows, context)
+    statuses = [context.get_response_status(i)[0] for i in range(len(rows))]
+    return statuses, [json.loads(body) for body in output], context
+
+
+def test_mixed_batch_answers_each_request_on_its_own(handler):
+    good = image_bytes(1)
+    rows = [
+        {"body": bytearray(good)},
+        {"body": bytearray(b"not an image")},
+        {"body": {"data": base64.b64encode(good).decode(), "target": "bird", "method": "guided_gradcam"}},
+        {"data": bytearray(good), "method": b"lime"},
+        {"body": base64.b64encode(image_bytes(2, fmt="JPEG")).decode()},
+    ]
+    statuses, bodies, context = run_batch(handler, rows)
+    assert statuses == [200, 415, 200, 400, 200]
+    assert "not an image in a supported format" in bodies[1]["error"]
+    assert "option 'method'" in bodies[3]["error"] and "gradcam" in bodies[3]["error"]
+    for i in (0, 2, 4):
+        assert context.get_response_content_type(i) == "application/json"
+        predictions = bodies[i]["predictions"]
+        assert [p["label"] for p in predictions] == [LABELS[p["index"]] for p in predictions]
+        probabilities = [p["probability"] for p in predictions]
+        assert probabilities == sorted(probabilities, reverse=True) and len(predictions) == 3
+        assert abs(sum(probabilities) - 1) < 1e-3
+    (gradcam,) = bodies[0]["explanations"]
+    assert gradcam["method"] == "gradcam" and gradcam["layer"] == "features"
+    assert gradcam["target"] == {"index": bodies[0]["predictions"][0]["index"], "label": bodies[0]["predictions"][0]["label"]}
+    heatmap = np.array(gradcam["heatmap"])
+    assert gradcam["shape"] == [SIDE // 2, SIDE // 2] == list(heatmap.shape)
+    assert heatmap.min() >= 0 and heatmap.max() == 1.0
+    (guided,) = bodies[2]["explanations"]
+    assert guided["method"] == "guided_gradcam" and guided["target"] == {"index": 2, "label": "bird"}
+    assert guided["shape"] == [SIDE, SIDE] and np.array(guided["heatmap"]).max() == 1.0
+
+
+def test_a_batch_of_only_bad_requests_still_answers_each(handler):
+    statuses, bodies, _ = run_batch(handler, [{"body": bytearray()}, {"body": {"nodata": 1}}])
+    assert statuses == [400, 400]
+    assert "empty image" in bodies[0]["error"] and "no 'data' field" in bodies[1]["error"]
+
+
+def test_explain_header_is_read_per_request(handler):
+    good = bytearray(image_bytes(3))
+    handler.option_parser._default_fields["method"] = "none"  # a model whose default is prediction only
+    try:
+        statuses, bodies, _ = run_batch(handler, [{"body": good}, {"body": good}], [{"explain": "False"}, {"explain": "True"}])
+    finally:
+        handler.option_parser._default_fields["method"] = "gradcam"
+    assert statuses == [200, 200]
+    assert bodies[0]["explanations"] == [] and bodies[1]["explanations"][0]["method"] == "gradcam"
+    assert bodies[0]["predictions"] == bodies[1]["predictions"]
+
+
+def test_options_from_headers_and_several_targets(handler):
+    good = bytearray(image_bytes(4))
+    headers = [{"X-Explain-Target": "dog,cat", "X-Explain-Top-K": "1"}, {"x-explain-top-k-explanations": "2"}]
+    _, bodies, _ = run_batch(handler, [{"body": good}, {"body": good}], headers)
+    assert [e["target"]["label"] for e in bodies[0]["explanations"]] == ["dog", "cat"]
+    assert len(bodies[0]["predictions"]) == 1
+    assert [e["target"]["index"] for e in bodies[1]["explanations"]] == [p["index"] for p in bodies[1]["predictions"][:2]]
+
+
+def test_formats(handler):
+    good = bytearray(image_bytes(5))
+    rows = [{"body": {"data": base64.b64encode(good).decode(), "format": fmt, "size": size}}
+            for fmt, size in (("png", "feature"), ("overlay", "feature"), ("raw", "feature"), ("grid", "input"))]
+    statuses, bodies, _ = run_batch(handler, rows)
+    assert statuses == [200] * 4
+    png = Image.open(io.BytesIO(base64.b64decode(bodies[0]["explanations"][0]["png"])))
+    assert png.mode == "L" and png.size == (SIDE // 2, SIDE // 2)
+    overlay = Image.open(io.BytesIO(base64.b64decode(bodies[1]["explanations"][0]["png"])))
+    assert overlay.mode == "RGB" and overlay.size == (SIDE, SIDE) and bodies[1]["explanations"][0]["shape"] == [SIDE, SIDE]
+    raw = bodies[2]["explanations"][0]
+    assert raw["max"] == pytest.approx(np.max(raw["values"]), rel=1e-5) and raw["min"] >= 0 and "heatmap" not in raw
+    assert np.array(bodies[3]["explanations"][0]["heatmap"]).shape == (SIDE, SIDE)
+
+
+def test_default_response_is_small(handler):
+    _, bodies, _ = run_batch(handler, [{"body": bytearray(image_bytes(6))}])
+    assert len(json.dumps(bodies[0], separators=(",", ":"))) < 2048
+
+
+def test_handler_reports_its_time(handler):
+    _, _, context = run_batch(handler, [{"body": bytearray(image_bytes(7))}])
+    assert any(name == "HandlerTime" and value > 0 for name, value, _ in context.metrics.times)
+
+
+def test_wrong_target_layer_fails_the_load_with_a_clear_log(tmp_path, caplog):
+    mar = build_custom_mar(tmp_path, "--target-layer", "features.9", "--no-check")
+    context = load_context(unpack_mar(mar, tmp_path / "model"), "tiny")
+    with caplog.at_level(logging.ERROR), pytest.raises(ValueError):
+        GradCamHandler().initialize(context)
+    assert "model tiny failed to load: target layer 'features.9' does not exist" in caplog.text
+    assert "candidates (last first): features" in caplog.text
