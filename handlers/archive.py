@@ -50,11 +50,12 @@ def model_config(args: argparse.Namespace, model: dict[str, Any], input_spec: di
 
 
 def _inspection(args: argparse.Namespace) -> tuple[dict, dict, list[str], Path, list[Path]]:
-    from . import inspection
+    from .inspection import CLASSES, WEIGHTS_FILE
+    from .inspection.synthetic import INPUT_SPEC
 
-    spec = {"resize": [inspection.INPUT_SIZE, inspection.INPUT_SIZE], "interpolation": "bilinear",
-            "mean": list(inspection.MEAN), "std": list(inspection.STD)}
-    return {"builder": "inspection"}, spec, list(inspection.CLASSES), Path(inspection.WEIGHTS_FILE), []
+    spec = {"resize": list(INPUT_SPEC.resize), "interpolation": INPUT_SPEC.interpolation,
+            "mean": list(INPUT_SPEC.mean), "std": list(INPUT_SPEC.std)}
+    return {"builder": "inspection"}, spec, list(CLASSES), Path(WEIGHTS_FILE), []
 
 
 def _torchvision(args: argparse.Namespace) -> tuple[dict, dict, list[str], Path, list[Path]]:

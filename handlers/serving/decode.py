@@ -26,7 +26,7 @@ def _open(data: bytes) -> Image.Image:
     except UnidentifiedImageError:
         raise RequestError(415, f"body is not an image in a supported format ({SUPPORTED})") from None
     except Exception as error:  # noqa: BLE001 - any decoder failure is the upload's fault
-        raise RequestError(422, f"image header could not be read: {error}") from None
+        raise RequestError(422, f"image is corrupt or truncated: its header could not be read ({error})") from None
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

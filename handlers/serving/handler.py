@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,7 @@ from .decode import decode_image
 from .errors import RequestError
 from .options import OptionParser, RequestOptions
 from .payload import extract_payload
-from .preprocess import Preprocessor
+from ..preprocess import Preprocessor
 from .response import answer
 
 logger = logging.getLogger(__name__)
@@ -101,6 +102,8 @@ class GradCamHandler(BaseHandler):
     def inference(self, prepared: list[Prepared | RequestError]) -> list[Outcome]:
         """One engine call for every request that decoded (one forward per method)."""
         valid = [item for item in prepared if isinstance(item, Prepared)]
+        methods = Counter(p.options.method for p in valid)
+        logger.info("batch of %d: %s, %d refused", len(prepared), dict(methods), len(prepared) - len(valid))
         if not valid:
             return [item for item in prepared if isinstance(item, RequestError)]
         jobs = [Job(p.options.method, p.options.targets, p.options.top_k_explanations) for p in valid]

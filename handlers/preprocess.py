@@ -1,13 +1,47 @@
-"""Turn a decoded RGB image into the model's normalised input tensor."""
+"""Turn a decoded RGB image into the model's normalised input tensor.
+
+One implementation for serving, training and evaluation, so the model always sees
+exactly what it was trained on.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
-from .config import InputSpec
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How an image becomes the model's input tensor.
+
+    ``resize``: an int resizes the shorter side (aspect kept), [h, w] resizes exactly;
+    ``crop``: optional centre crop side after resizing.
+    """
+
+    resize: int | tuple[int, int]
+    crop: int | None = None
+    interpolation: str = "bilinear"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.resize, int) and self.crop is None:
+            raise ValueError("input.resize as a single int needs input.crop to fix the input size")
+        if self.interpolation not in ("nearest", "bilinear", "bicubic"):
+            raise ValueError(f"input.interpolation {self.interpolation!r} is not nearest, bilinear or bicubic")
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the tensor the model receives."""
+        if self.crop is not None:
+            return (self.crop, self.crop)
+        assert isinstance(self.resize, tuple)
+        return self.resize
+
 
 # Past this aspect ratio, resizing the shorter side first would build an enormous image;
 # the centre crop only keeps the middle, so cut the long side down before resizing.
