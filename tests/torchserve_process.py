@@ -1,0 +1,127 @@
+"""Start and stop a real TorchServe (Java frontend + Python workers) on loopback ports.
+
+Used by the integration tests and the benchmarks. Each server gets its own working
+directory (logs, pid file via TMPDIR), free ports on 127.0.0.1 and its own process
+session, so it is stopped by its process-group id and never touches another server.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+TORCHSERVE = Path(sys.executable).parent / "torchserve"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    """key=value lines of a Java properties file (comments and blanks skipped)."""
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and not line.lstrip().startswith("#"))
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+class TorchServe:
+    """One TorchServe instance serving ``models`` ({name: mar file name}) from ``model_store``."""
+
+    def __init__(self, model_store: Path, models: dict[str, str], workdir: Path, config: dict[str, str] | None = None,
+                 base_config: Path | None = None) -> None:
+        """``base_config``: a config.properties to start from (default: no token, 1 worker);
+        its addresses are always replaced by free loopback ports; ``config`` overrides last."""
+        self.model_store = model_store
+        self.models = models
+        self.workdir = workdir
+        self.ports = {"inference": free_port(), "management": free_port(), "metrics": free_port()}
+        settings = read_properties(base_config) if base_config else {
+            "disable_token_authorization": "true", "default_workers_per_model": "1"}
+        settings.update({f"{kind}_address": f"http://127.0.0.1:{port}" for kind, port in self.ports.items()})
+        settings.update(config or {})
+        self.config_path = workdir / "config.properties"
+        self.config_path.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
+        self.process: subprocess.Popen | None = None
+
+    def url(self, kind: str = "inference") -> str:
+        return f"http://127.0.0.1:{self.ports[kind]}"
+
+    def start(self, timeout: float = 180.0, wait_ready: bool = True) -> TorchServe:
+        """Launch in the foreground of its own session; wait until each model has a READY worker."""
+        logs = self.workdir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "LOG_LOCATION": str(logs), "METRICS_LOCATION": str(logs), "TMPDIR": str(self.workdir)}
+        command = [str(TORCHSERVE), "--start", "--foreground", "--ncs", "--model-store", str(self.model_store),
+                   "--ts-config", str(self.config_path)]
+        if self.models:
+            command += ["--models", *(f"{name}={mar}" for name, mar in self.models.items())]
+        self.console = open(self.workdir / "console.log", "wb")
+        self.process = subprocess.Popen(command, cwd=self.workdir, env=env, stdout=self.console,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        if wait_ready:
+            self.wait_ready(timeout)
+        return self
+
+    def ready_workers(self, name: str, headers: dict[str, str] | None = None) -> int:
+        """Number of READY workers of model ``name`` (0 while loading or unreachable)."""
+        try:
+            answer = requests.get(f"{self.url('management')}/models/{name}", headers=headers, timeout=5)
+        except requests.RequestException:
+            return 0
+        if answer.status_code != 200:
+            return 0
+        return sum(w.get("status") == "READY" for entry in answer.json() for w in entry.get("workers", []))
+
+    def wait_ready(self, timeout: float, headers: dict[str, str] | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"TorchServe exited with {self.process.returncode}:\n{self.tail()}")
+            if all(self.ready_workers(name, headers) for name in self.models):
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"models {list(self.models)} not ready after {timeout:.0f}s:\n{self.tail()}")
+
+    def log(self, name: str = "model_log.log") -> str:
+        path = self.workdir / "logs" / name
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join((self.log("ts_log.log") + self.log()).splitlines()[-lines:])
+
+    def worker_pids(self) -> list[int]:
+        """PIDs of the Python model workers of this server."""
+        import psutil
+
+        parent = psutil.Process(self.process.pid)
+        return [p.pid for p in parent.children(recursive=True) if "model_service_worker" in " ".join(p.cmdline())]
+
+    def stop(self) -> None:
+        """Stop the whole process group this server started, by its id."""
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=30)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        finally:
+            self.console.close()
+            self.process = None
+
+    def __enter__(self) -> TorchServe:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
