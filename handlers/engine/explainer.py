@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .guided import GuidedReLUMode, GuideSwitch
-from .layers import discover_target_layer, resolve_target_layer
+from .layers import discover_target_layer, resolve_target_layer, trace_module_outputs
 from .linear_head import detect_linear_head
 from .methods import METHODS, ModelView
 
@@ -59,12 +59,12 @@ class Explainer:
     ) -> None:
         self.device = torch.device(device)
         model = model.to(self.device).eval().requires_grad_(False)
-        example = torch.rand((2, 3, *input_size), generator=torch.Generator().manual_seed(0)).to(self.device)
-        layer_name = target_layer or discover_target_layer(model, example)
-        layer = resolve_target_layer(model, layer_name, example)
-        with torch.inference_mode():
-            self.num_classes = int(model(example).shape[1])
-        self.view = ModelView(model, layer, layer_name, detect_linear_head(model, layer, example))
+        example = torch.rand((1, 3, *input_size), generator=torch.Generator().manual_seed(0)).to(self.device)
+        records, logits = trace_module_outputs(model, example)
+        self.num_classes = int(logits.shape[1])
+        layer_name = target_layer or discover_target_layer(records)
+        layer = resolve_target_layer(model, layer_name, records)
+        self.view = ModelView(model, layer, layer_name, detect_linear_head(model, layer, example, records))
         self._report_guided_coverage(example)
 
     @property
@@ -78,7 +78,7 @@ class Explainer:
     def _report_guided_coverage(self, example: torch.Tensor) -> None:
         mode = GuidedReLUMode(GuideSwitch())
         with torch.inference_mode(), mode:
-            self.view.model(example[:1])
+            self.view.model(example)
         if mode.unguided_calls or not mode.guided_calls:
             logger.warning(
                 "guided backprop is applied at %d ReLU calls; not at %s (guided rule is "

@@ -36,8 +36,8 @@ class LayerRecord:
     output_shape: tuple[int, ...] | None  # None when the output is not a single tensor
 
 
-def trace_module_outputs(model: nn.Module, example: torch.Tensor) -> list[LayerRecord]:
-    """Run ``model(example)`` once and record every named module's output shape.
+def trace_module_outputs(model: nn.Module, example: torch.Tensor) -> tuple[list[LayerRecord], torch.Tensor]:
+    """Run ``model(example)`` once; record every named module's output shape, and the logits.
 
     Records are in completion order, so a container comes right after its last child.
     """
@@ -56,11 +56,11 @@ def trace_module_outputs(model: nn.Module, example: torch.Tensor) -> list[LayerR
             handles.append(module.register_forward_hook(make_hook(name)))
     try:
         with torch.inference_mode():
-            model(example)
+            logits = model(example)
     finally:
         for handle in handles:
             handle.remove()
-    return records
+    return records, logits
 
 
 def _is_spatial(record: LayerRecord) -> bool:
@@ -78,13 +78,12 @@ def spatial_candidates(records: list[LayerRecord]) -> list[str]:
     return names
 
 
-def discover_target_layer(model: nn.Module, example: torch.Tensor) -> str:
+def discover_target_layer(records: list[LayerRecord]) -> str:
     """Name of the last module whose output is a spatial feature map before pooling.
 
     ResNet gives ``layer4``, GoogLeNet ``inception5b``, DenseNet/EfficientNet/MobileNet
     ``features``, SqueezeNet its final ReLU'd conv (``classifier.2``).
     """
-    records = trace_module_outputs(model, example)
     candidates = spatial_candidates(records)
     if not candidates:
         raise TargetLayerError(
@@ -103,16 +102,11 @@ def discover_target_layer(model: nn.Module, example: torch.Tensor) -> str:
     return chosen
 
 
-def resolve_target_layer(model: nn.Module, name: str, example: torch.Tensor) -> nn.Module:
+def resolve_target_layer(model: nn.Module, name: str, records: list[LayerRecord]) -> nn.Module:
     """The module called ``name``, or a TargetLayerError listing usable names."""
-    modules = dict(model.named_modules())
-    module = modules.get(name)
-    records = None
-    if module is not None:
-        records = trace_module_outputs(model, example)
-        if any(r.module is module and _is_spatial(r) for r in records):
-            return module
-    records = records or trace_module_outputs(model, example)
+    module = dict(model.named_modules()).get(name)
+    if module is not None and any(r.module is module and _is_spatial(r) for r in records):
+        return module
     candidates = spatial_candidates(records)[:12]
     problem = "does not exist" if module is None else "does not output a spatial N x C x H x W map"
     raise TargetLayerError(

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .capture import capture_activation, replace_activation
+from .layers import LayerRecord
 
 logger = logging.getLogger(__name__)
 
@@ -33,30 +34,23 @@ class LinearHead:
         return torch.einsum("mc,mchw->mhw", self.weight[targets].to(acts.dtype), acts) / area
 
 
-def _linears_after(model: nn.Module, layer: nn.Module, example: torch.Tensor) -> list[nn.Linear]:
-    order: list[nn.Module] = []
-    handles = [m.register_forward_hook(lambda mod, _i, _o: order.append(mod)) for m in model.modules()]
-    try:
-        with torch.inference_mode():
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
-    if layer not in order:
-        return []
-    after = order[order.index(layer) + 1 :]
-    return [m for m in after if isinstance(m, nn.Linear)]
-
-
 def _head(model: nn.Module, layer: nn.Module, example: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
     """Logits the model gives when the target layer outputs ``activation``."""
     with torch.inference_mode(), replace_activation(layer, activation):
-        return model(example[: activation.shape[0]])
+        return model(example)
 
 
-def detect_linear_head(model: nn.Module, layer: nn.Module, example: torch.Tensor) -> LinearHead | None:
-    """A verified LinearHead, or None when the head after ``layer`` is anything else."""
-    linears = _linears_after(model, layer, example)
+def detect_linear_head(
+    model: nn.Module, layer: nn.Module, example: torch.Tensor, records: list[LayerRecord]
+) -> LinearHead | None:
+    """A verified LinearHead, or None when the head after ``layer`` is anything else.
+
+    ``records`` is the probe trace of the model (completion order) on ``example`` (batch 1).
+    """
+    modules = [r.module for r in records]
+    if layer not in modules:
+        return None
+    linears = [m for m in modules[modules.index(layer) + 1 :] if isinstance(m, nn.Linear)]
     if not linears:
         return None
     linear = linears[-1]
@@ -72,13 +66,12 @@ def detect_linear_head(model: nn.Module, layer: nn.Module, example: torch.Tensor
     noise = torch.randn(real.shape, generator=generator).to(real.device, real.dtype)
     # Probes: the real map, a sign-scrambled one (catches ReLUs in the head) and noise at
     # three times the real scale (catches clamps and normalisations).
-    probes = [real, real * torch.sign(noise), noise * 3 * scale]
-    for probe in probes:
-        expected = probe.mean(dim=(2, 3)) @ weight.T + bias
-        got = _head(model, layer, example, probe)
-        tolerance = 1e-4 * expected.abs().max().clamp_min(1.0)
-        if got.shape != expected.shape or not torch.allclose(got, expected, rtol=1e-4, atol=float(tolerance)):
-            logger.info("head after the target layer is not pool + linear: using autograd Grad-CAM")
-            return None
+    probes = torch.cat([real, real * torch.sign(noise), noise * 3 * scale])
+    expected = probes.mean(dim=(2, 3)) @ weight.T + bias
+    got = _head(model, layer, example.expand(len(probes), *example.shape[1:]), probes)
+    tolerance = 1e-4 * expected.abs().max().clamp_min(1.0)
+    if got.shape != expected.shape or not torch.allclose(got, expected, rtol=1e-4, atol=float(tolerance)):
+        logger.info("head after the target layer is not pool + linear: using autograd Grad-CAM")
+        return None
     logger.info("head is global-average-pool + linear: Grad-CAM is computed as CAM, without backward")
     return LinearHead(weight=weight)
