@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 ENTRY_FILE = PACKAGE_DIR / "serving" / "gradcam_entry.py"
-_NOT_SHIPPED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pth", "*.pt")
+_NOT_SHIPPED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pth", "*.pt", "samples")
 
 
 def model_config(args: argparse.Namespace, model: dict[str, Any], input_spec: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from ..render import normalise, overlay, png_base64, resize_map, to_grid
 from ..render.images import grayscale
 from .options import RequestOptions
 
-PROBABILITY_DECIMALS = 4
+PROBABILITY_DIGITS = 4  # significant digits: small probabilities stay visible (3.2e-05)
 HEATMAP_DECIMALS = 3
 RAW_SIGNIFICANT = 6
 
@@ -22,7 +22,7 @@ def predictions(probabilities: torch.Tensor, labels: Sequence[str], top_k: int) 
     """The ``top_k`` classes, most probable first."""
     values, indices = probabilities.float().cpu().topk(top_k)
     return [
-        {"index": int(i), "label": labels[int(i)], "probability": round(float(v), PROBABILITY_DECIMALS)}
+        {"index": int(i), "label": labels[int(i)], "probability": float(f"{float(v):.{PROBABILITY_DIGITS}g}")}
         for v, i in zip(values, indices)
     ]
 
