@@ -42,6 +42,7 @@ class TorchServe:
         self.model_store = model_store
         self.models = models
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         self.ports = {"inference": free_port(), "management": free_port(), "metrics": free_port()}
         settings = read_properties(base_config) if base_config else {
             "disable_token_authorization": "true", "default_workers_per_model": "1"}

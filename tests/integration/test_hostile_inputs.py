@@ -1,0 +1,50 @@
+"""Hostile and awkward uploads against a real TorchServe, inside batches of good requests."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from hostile_inputs import corpus
+
+pytestmark = pytest.mark.integration
+
+MAX_IMAGE_PIXELS = 40_000_000  # the archive CLI's default cap
+CASES_PER_BATCH = 6  # plus two good witnesses: a full batch of 8
+
+
+def post(server, body: bytes, headers: dict[str, str]) -> requests.Response:
+    return requests.post(f"{server.url()}/predictions/inspection_batched", data=body, headers=headers, timeout=60)
+
+
+def test_every_case_gets_its_answer_and_the_batch_is_not_lost(server, samples):
+    cases = corpus(MAX_IMAGE_PIXELS)
+    workers_before = server.worker_pids()
+    failures = []
+    for start in range(0, len(cases), CASES_PER_BATCH):
+        chunk = cases[start : start + CASES_PER_BATCH]
+        witnesses = [(samples["scratch"], "scratch"), (samples["dent"], "dent")]
+        with ThreadPoolExecutor(len(chunk) + len(witnesses)) as pool:
+            answers = list(pool.map(lambda c: post(server, c.body, c.headers), chunk))
+            checks = list(pool.map(lambda w: post(server, w[0], {}), witnesses))
+        for case, answer in zip(chunk, answers):
+            body = answer.json()
+            if answer.status_code != case.status:
+                failures.append(f"{case.name}: {answer.status_code} {body}")
+            elif case.status == 200:
+                assert body["predictions"] and body["explanations"], case.name
+            else:
+                assert set(body) == {"error"} and case.error_hint in body["error"], (case.name, body)
+        for (_, label), answer in zip(witnesses, checks):
+            assert answer.status_code == 200 and answer.json()["predictions"][0]["label"] == label
+    assert not failures, "\n".join(failures)
+    assert server.worker_pids() == workers_before, "a worker restarted"
+
+
+def test_body_over_the_server_limit_is_refused_by_torchserve(server):
+    too_large = b"\xff" * (6_553_500 + 1024)  # TorchServe's default max_request_size
+    answer = requests.post(f"{server.url()}/predictions/inspection", data=too_large, timeout=60)
+    assert answer.status_code == 413
+    assert requests.post(f"{server.url()}/predictions/inspection", data=b"", timeout=60).status_code == 400
