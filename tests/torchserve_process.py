@@ -98,12 +98,14 @@ class TorchServe:
     def tail(self, lines: int = 40) -> str:
         return "\n".join((self.log("ts_log.log") + self.log()).splitlines()[-lines:])
 
-    def worker_pids(self) -> list[int]:
-        """PIDs of the Python model workers of this server."""
-        import psutil
-
-        parent = psutil.Process(self.process.pid)
-        return [p.pid for p in parent.children(recursive=True) if "model_service_worker" in " ".join(p.cmdline())]
+    def worker_pids(self, name: str | None = None, headers: dict[str, str] | None = None) -> list[int]:
+        """PIDs of the Python workers of model ``name`` (all models when None), from the management API."""
+        names = [name] if name else list(self.models)
+        pids = []
+        for model in names:
+            answer = requests.get(f"{self.url('management')}/models/{model}", headers=headers, timeout=10)
+            pids += [int(w["pid"]) for entry in answer.json() for w in entry.get("workers", []) if w.get("pid", -1) > 0]
+        return sorted(pids)
 
     def stop(self) -> None:
         """Stop the whole process group this server started, by its id."""
