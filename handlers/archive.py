@@ -35,7 +35,8 @@ _NOT_SHIPPED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pth", "*.pt", "
 
 def model_config(args: argparse.Namespace, model: dict[str, Any], input_spec: dict[str, Any]) -> dict[str, Any]:
     """The model-config YAML: TorchServe's batching keys plus our ``gradcam:`` section."""
-    defaults: dict[str, Any] = {"method": args.method, "top_k": args.top_k}
+    defaults: dict[str, Any] = {"method": args.method, "top_k": args.top_k, "top_k_explanations": args.top_k_explanations,
+                                "format": args.format, "size": args.size}
     section: dict[str, Any] = {"model": model, "input": input_spec, "defaults": defaults, "max_image_pixels": args.max_image_pixels}
     if args.target_layer:
         section["target_layer"] = args.target_layer
@@ -151,6 +152,9 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--target-layer", help="module name to explain (default: discovered)")
     common.add_argument("--method", default="gradcam", help="default method: gradcam, guided_gradcam or none")
     common.add_argument("--top-k", type=int, default=3, help="predictions returned by default (default 3)")
+    common.add_argument("--top-k-explanations", type=int, default=1, help="top classes explained by default (default 1)")
+    common.add_argument("--format", default="grid", help="default format: grid, png, overlay or raw")
+    common.add_argument("--size", default="feature", help="default map size for grid/png: feature or input")
     common.add_argument("--max-image-pixels", type=int, default=40_000_000, help="refuse larger images (413)")
     common.add_argument("--no-check", dest="check", action="store_false", help="skip building the model before packing")
     kinds = main.add_subparsers(dest="kind", required=True)

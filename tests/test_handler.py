@@ -38,16 +38,18 @@ LABELS = ["cat", "dog", "bird"]
 SIDE = 32
 
 
-def build_custom_mar(directory: Path, *extra: str) -> Path:
-    (directory / "tiny_net.py").write_text(TINY_NET)
+def build_custom_mar(directory: Path, *extra: str, source: str = TINY_NET, labels: list[str] = LABELS,
+                     side: int = SIDE) -> Path:
+    """A MAR of the ``TinyNet`` class in ``source`` (seeded random weights), built by our CLI."""
+    (directory / "tiny_net.py").write_text(source)
     namespace: dict = {}
-    exec(TINY_NET, namespace)  # noqa: S102 - the same source the MAR ships
+    exec(source, namespace)  # noqa: S102 - the same source the MAR ships
     torch.manual_seed(0)
-    torch.save(namespace["TinyNet"]().state_dict(), directory / "tiny.pth")
-    (directory / "labels.txt").write_text("\n".join(LABELS))
+    torch.save(namespace["TinyNet"](len(labels)).state_dict(), directory / "tiny.pth")
+    (directory / "labels.txt").write_text("\n".join(labels))
     archive_main([
         "custom", "--name", "tiny", "--model-file", str(directory / "tiny_net.py"), "--weights", str(directory / "tiny.pth"),
-        "--labels", str(directory / "labels.txt"), "--input-size", str(SIDE), "--export-path", str(directory), *extra,
+        "--labels", str(directory / "labels.txt"), "--input-size", str(side), "--export-path", str(directory), *extra,
     ])
     return directory / "tiny.mar"
 
