@@ -30,7 +30,8 @@ logger = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 ENTRY_FILE = PACKAGE_DIR / "serving" / "gradcam_entry.py"
-_NOT_SHIPPED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pth", "*.pt", "samples")
+# The worker needs neither the client, the viewer, the evaluation nor the samples.
+_NOT_SHIPPED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pth", "*.pt", "samples", "client", "viewer", "evaluation")
 
 
 def model_config(args: argparse.Namespace, model: dict[str, Any], input_spec: dict[str, Any]) -> dict[str, Any]:

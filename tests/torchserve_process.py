@@ -47,6 +47,9 @@ class TorchServe:
         settings = read_properties(base_config) if base_config else {
             "disable_token_authorization": "true", "default_workers_per_model": "1"}
         settings.update({f"{kind}_address": f"http://127.0.0.1:{port}" for kind, port in self.ports.items()})
+        # gRPC ports and worker sockets must not collide with another server either.
+        settings.update({"grpc_inference_port": str(free_port()), "grpc_management_port": str(free_port()),
+                         "initial_worker_port": str(free_port())})
         settings.update(config or {})
         self.config_path = workdir / "config.properties"
         self.config_path.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))

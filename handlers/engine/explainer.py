@@ -81,10 +81,10 @@ class Explainer:
             self.view.model(example)
         if mode.unguided_calls or not mode.guided_calls:
             logger.warning(
-                "guided backprop is applied at %d ReLU calls; not at %s (guided rule is "
-                "defined for ReLU only): guided_gradcam is the plain gradient there",
+                "guided backprop is applied at %d ReLU calls but not at %s: the guided rule is "
+                "defined for ReLU, so gradients pass those activations unguided",
                 mode.guided_calls,
-                mode.unguided_calls or "any other activation",
+                mode.unguided_calls or "any activation (none found)",
             )
         else:
             logger.info("guided backprop covers all %d activation calls (ReLU/ReLU6)", mode.guided_calls)

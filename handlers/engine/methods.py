@@ -31,6 +31,10 @@ class ModelView:
     linear_head: LinearHead | None
 
 
+def _long(values: list[int], device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.long, device=device)
+
+
 @dataclass(frozen=True)
 class TargetSlots:
     """Targets of a group flattened to (row, target) pairs; slot j holds each row's j-th target."""
@@ -50,8 +54,7 @@ class TargetSlots:
         slot_ids = torch.tensor(slot_of, dtype=torch.long)
         depth = max((len(t) for t in targets_per_row), default=0)
         slots = tuple(torch.nonzero(slot_ids == j).flatten().to(device) for j in range(depth))
-        as_long = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
-        return cls(as_long(rows), as_long(targets), slots)
+        return cls(_long(rows, device), _long(targets, device), slots)
 
     def score(self, logits: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
         """Sum of the slot's target logits: its gradient gives each row its own target's."""

@@ -110,10 +110,10 @@ class GradCamHandler(BaseHandler):
         results = iter(self.explainer.explain(torch.stack([p.tensor for p in valid]), jobs))
         return [next(results) if isinstance(item, Prepared) else item for item in prepared]
 
-    def postprocess(self, outcomes: list[Outcome], prepared: list[Prepared | RequestError] | None = None) -> list[bytes]:
+    def postprocess(self, outcomes: list[Outcome], prepared: list[Prepared | RequestError]) -> list[bytes]:
         """Compact JSON per request; errors get their status via ``set_response_status``."""
         responses: list[bytes] = []
-        for idx, (outcome, item) in enumerate(zip(outcomes, prepared or [])):
+        for idx, (outcome, item) in enumerate(zip(outcomes, prepared)):
             if isinstance(outcome, RequestError):
                 logger.info("request %d refused with %d: %s", idx, outcome.status, outcome.message)
                 self.context.set_response_status(outcome.status, outcome.phrase, idx)

@@ -1,0 +1,144 @@
+"""Explain one image end to end: request(s), then the overlay PNG(s), the JSON and the sheet.
+
+``<stem>.json`` is the server's answer with each overlay's base64 ``png`` replaced by
+``file``, the name of the PNG written next to it (the JSON stays small and readable).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from .api import ApiError, ExplainClient
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to ask for every image: method, targets (labels or indices; empty = top prediction), top-k."""
+
+    method: str = "gradcam"
+    targets: tuple[str, ...] = ()
+    top_k: int | None = None
+
+    def fields(self, method: str | None = None, targets: tuple[str, ...] | None = None, fmt: str = "overlay") -> dict[str, str]:
+        """Multipart option fields, with ``method``/``targets`` overridden where given."""
+        fields = {"method": method or self.method, "format": fmt}
+        chosen = self.targets if targets is None else targets
+        if chosen:
+            fields["target"] = ",".join(chosen)
+        if self.top_k is not None:
+            fields["top_k"] = str(self.top_k)
+        return fields
+
+
+@dataclass
+class Result:
+    """The outcome of one image: the server's answer (overlays replaced by file names) or the error."""
+
+    path: Path
+    answer: dict[str, Any] | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "target"
+
+
+def decode_png(text: str) -> tuple[bytes, Image.Image]:
+    """A PNG sent as base64 text: its bytes and the decoded picture; ApiError when it is not one."""
+    try:
+        data = base64.b64decode(text, validate=True)
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (binascii.Error, ValueError, OSError) as error:
+        raise ApiError(f"answer carries an unreadable PNG: {error}") from None
+    return data, image
+
+
+class Pipeline:
+    """Everything done per image, shared by the worker threads (it holds no per-image state)."""
+
+    def __init__(self, client: ExplainClient, request: Request, out_dir: Path, sheet: bool) -> None:
+        self.client = client
+        self.request = request
+        self.out_dir = out_dir
+        self.sheet = sheet
+
+    def run(self, path: Path, stem: str) -> Result:
+        """Explain ``path``; every failure ends up in ``Result.error``, never raised."""
+        result = Result(path)
+        try:
+            image = path.read_bytes()
+            result.answer = self.client.explain(image, path.name, self.request.fields())
+            overlays = self._write_overlays(result.answer, stem)
+            self._write(f"{stem}.json", json.dumps(result.answer, indent=2).encode())
+            if self.sheet:
+                self._write_sheet(image, path, stem, result.answer, overlays)
+        except ApiError as error:
+            result.error = str(error)
+        except OSError as error:
+            result.error = f"{error.strerror or error}: {error.filename or path}"
+        except (KeyError, IndexError, TypeError) as error:
+            result.error = f"unexpected answer from the server ({type(error).__name__}: {error})"
+        logger.debug("%s: %s", path, result.error or "ok")
+        return result
+
+    def _write(self, name: str, data: bytes) -> None:
+        (self.out_dir / name).write_bytes(data)
+        logger.debug("wrote %s", self.out_dir / name)
+
+    def _write_overlays(self, answer: dict[str, Any], stem: str) -> list[Image.Image]:
+        """``<stem>.overlay.png`` for the first explanation, ``<stem>.overlay.<label>.png`` for others."""
+        overlays = []
+        for position, entry in enumerate(answer.get("explanations", [])):
+            if "png" not in entry:
+                continue
+            data, overlay = decode_png(entry.pop("png"))
+            name = f"{stem}.overlay.png" if position == 0 else f"{stem}.overlay.{_slug(entry['target']['label'])}.png"
+            self._write(name, data)
+            entry["file"] = name
+            overlays.append(overlay)
+        return overlays
+
+    def _write_sheet(
+        self, image: bytes, path: Path, stem: str, answer: dict[str, Any], overlays: list[Image.Image]
+    ) -> None:
+        """Grad-CAM overlay and Guided Grad-CAM map of the same target, then the four-panel sheet."""
+        from .sheet import Panels, render_sheet  # imports torch (through handlers.render): only for --sheet
+
+        explanations = answer.get("explanations", [])
+        target = explanations[0]["target"] if explanations else {
+            "index": answer["predictions"][0]["index"], "label": answer["predictions"][0]["label"]}
+        pinned = (str(target["index"]),)
+        if self.request.method == "gradcam" and overlays:
+            gradcam = overlays[0]
+        else:
+            reply = self.client.explain(image, path.name, self.request.fields("gradcam", pinned))
+            _, gradcam = decode_png(reply["explanations"][0]["png"])
+        guided = self.client.explain(image, path.name, self.request.fields("guided_gradcam", pinned, fmt="raw"))
+        panels = Panels(
+            source=Image.open(io.BytesIO(image)),
+            title=path.name,
+            predictions=answer["predictions"],
+            target_label=str(target["label"]),
+            gradcam=gradcam,
+            guided=guided["explanations"][0]["values"],
+        )
+        buffer = io.BytesIO()
+        render_sheet(panels).save(buffer, format="PNG")
+        self._write(f"{stem}.sheet.png", buffer.getvalue())

@@ -1,0 +1,62 @@
+"""What the user sees on the terminal: a progress line while working, a summary table at the end."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from .pipeline import Result
+
+BAR_WIDTH = 30
+HEADER = ("FILE", "TOP LABEL", "PROB", "EXPLAINED", "STATUS")
+
+
+class Progress:
+    """A self-updating ``[####----] done/total`` line; silent unless ``enabled`` (a TTY, folder input)."""
+
+    def __init__(self, total: int, stream: TextIO, enabled: bool) -> None:
+        self.total = total
+        self.stream = stream
+        self.enabled = enabled
+        self.done = 0
+        self.failed = 0
+
+    def advance(self, ok: bool) -> None:
+        """Count one finished image and redraw the line."""
+        self.done += 1
+        self.failed += not ok
+        if not self.enabled:
+            return
+        filled = BAR_WIDTH * self.done // max(self.total, 1)
+        failed = f", {self.failed} failed" if self.failed else ""
+        self.stream.write(f"\r[{'#' * filled}{'-' * (BAR_WIDTH - filled)}] {self.done}/{self.total} images{failed}")
+        self.stream.flush()
+
+    def close(self) -> None:
+        """End the line so the next output starts on a fresh one."""
+        if self.enabled and self.done:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _row(result: Result, root: Path) -> tuple[str, ...]:
+    try:
+        name = str(result.path.relative_to(root))
+    except ValueError:
+        name = str(result.path)
+    if not result.ok or result.answer is None:
+        return (name, "-", "-", "-", f"FAILED: {result.error}")
+    top = result.answer["predictions"][0]
+    explained = ", ".join(entry["target"]["label"] for entry in result.answer.get("explanations", [])) or "-"
+    return (name, str(top["label"]), f"{float(top['probability']):.4f}", explained, "ok")
+
+
+def summary(results: Sequence[Result], root: Path, out_dir: Path) -> str:
+    """The table (one row per image, in input order) and a closing count line."""
+    rows = [HEADER, *(_row(result, root) for result in results)]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(HEADER) - 1)]
+    lines = ["  ".join([*(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)), row[-1]]).rstrip() for row in rows]
+    failed = sum(not result.ok for result in results)
+    lines.append(f"{len(results)} image(s): {len(results) - failed} ok, {failed} failed; outputs in {out_dir}")
+    return "\n".join(lines)

@@ -1,0 +1,185 @@
+"""The viewer page end to end: headless Chromium, the page over HTTP, a TorchServe allowing its origin (CORS).
+
+Needs Debian's ``chromium`` (``apt-get install -y chromium``) and the ``playwright``
+package; Playwright's own browser download is never used.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import io
+import json
+import threading
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from handlers.inspection import INPUT_SIZE
+from torchserve_process import TorchServe
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.exists():
+    pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is missing (pip install playwright)")
+
+VIEWER_DIR = Path(__file__).resolve().parents[2] / "handlers" / "viewer"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+DEV_CONFIG = Path(__file__).resolve().parents[2] / "config.properties"
+WAIT_MS = 90_000
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    """Serves the viewer folder without logging every request to stderr."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def viewer_origin() -> Iterator[str]:
+    """``http://127.0.0.1:PORT`` serving handlers/viewer, as ``make viewer`` does on port 8090."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(VIEWER_DIR)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def cors_server(model_store, viewer_origin, tmp_path_factory) -> Iterator[TorchServe]:
+    """The default model behind config.properties' CORS settings, the origin moved to this test's viewer port."""
+    config = {"cors_allowed_origin": viewer_origin}
+    with TorchServe(model_store, {"inspection": "inspection.mar"}, tmp_path_factory.mktemp("cors"), config,
+                    base_config=DEV_CONFIG) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, viewer_origin, cors_server):
+    """The viewer, opened at its origin and pointed at the CORS server."""
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(f"{viewer_origin}/")
+    page.fill("#api-url", cors_server.url())
+    yield page
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def sample_files(samples, tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("viewer_samples")
+    paths = {kind: folder / f"{kind.replace('+', '_')}.png" for kind in samples}
+    for kind, path in paths.items():
+        path.write_bytes(samples[kind])
+    return paths
+
+
+def overlays(page) -> list[dict]:
+    return page.evaluate("""() => [...document.querySelectorAll('img.overlay')].map(img => ({
+        method: img.dataset.method, target: img.dataset.target, src: img.src,
+        width: img.naturalWidth, height: img.naturalHeight, complete: img.complete}))""")
+
+
+def settle(page, condition: str) -> None:
+    """Wait until the JS expression ``condition`` holds or the page shows an error (then fail with it)."""
+    page.wait_for_function(f"() => ({condition}) || document.querySelector('#status.error') !== null", timeout=WAIT_MS)
+    assert page.query_selector("#status.error") is None, page.inner_text("#status")
+
+
+def overlay_targets(*targets: str) -> str:
+    """JS condition: the drawn overlays explain exactly ``targets``, in order, and are decoded."""
+    return ("(() => { const imgs = [...document.querySelectorAll('img.overlay')];"
+            f" return JSON.stringify(imgs.map(i => i.dataset.target)) === '{json.dumps(list(targets), separators=(',', ':'))}'"
+            " && imgs.every(i => i.complete && i.naturalWidth > 0); })()")
+
+
+def decoded(src: str) -> Image.Image:
+    prefix = "data:image/png;base64,"
+    assert src.startswith(prefix)
+    image = Image.open(io.BytesIO(base64.b64decode(src[len(prefix):])))
+    image.load()
+    return image
+
+
+def test_preflight_answers_the_viewer_origin(cors_server, viewer_origin):
+    """The proposed cors_* keys work in TorchServe 0.12: OPTIONS from the page's origin is allowed."""
+    answer = requests.options(f"{cors_server.url()}/predictions/inspection", timeout=30, headers={
+        "Origin": viewer_origin, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type, x-explain-format, x-explain-target"})
+    assert answer.status_code == 200
+    assert answer.headers["Access-Control-Allow-Origin"] == viewer_origin
+    assert "POST" in answer.headers["Access-Control-Allow-Methods"]
+    assert "X-Explain-Target" in answer.headers["Access-Control-Allow-Headers"]
+
+
+def test_page_shows_bars_and_both_overlays(page, sample_files):
+    page.set_input_files("#file", str(sample_files["scratch"]))
+    settle(page, overlay_targets("scratch", "scratch"))
+    bars = page.eval_on_selector_all("#bars .bar", "rows => rows.map(r => [r.dataset.label, Number(r.dataset.probability)])")
+    assert len(bars) == 3 and bars[0][0] == "scratch" and bars[0][1] > 0.5
+    assert [bar[1] for bar in bars] == sorted((bar[1] for bar in bars), reverse=True)
+    assert "top prediction: scratch" in page.inner_text("#status")
+    assert page.evaluate("document.getElementById('input-image').naturalWidth") == INPUT_SIZE
+    drawn = overlays(page)
+    assert [(o["method"], o["target"]) for o in drawn] == [("gradcam", "scratch"), ("guided_gradcam", "scratch")]
+    for overlay in drawn:
+        assert (overlay["width"], overlay["height"]) == (INPUT_SIZE, INPUT_SIZE)
+        picture = decoded(overlay["src"])
+        assert picture.format == "PNG" and picture.size == (INPUT_SIZE, INPUT_SIZE)
+        assert np.asarray(picture.convert("RGB"), dtype=np.float32).std() > 5
+    assert decoded(drawn[0]["src"]).tobytes() != decoded(drawn[1]["src"]).tobytes()
+
+
+def test_target_from_the_first_prediction_labels(page, sample_files):
+    page.select_option("#method", "gradcam")
+    page.set_input_files("#file", str(sample_files["scratch+dent"]))
+    settle(page, overlay_targets("dent"))
+    labels = page.eval_on_selector_all("#target-select option", "options => options.map(o => o.value)")
+    assert set(labels) == {"", "ok", "scratch", "dent"}
+    for target in ("scratch", "dent"):
+        page.select_option("#target-select", target)
+        settle(page, overlay_targets(target))
+    page.fill("#target-text", "1")
+    page.press("#target-text", "Enter")
+    settle(page, overlay_targets("scratch"))
+    assert overlays(page)[0]["method"] == "gradcam"
+
+
+def test_browser_preflighted_request_is_allowed(page, cors_server, sample_files):
+    """A JSON body with X-Explain-* headers makes Chromium send a real preflight: it must pass."""
+    image = base64.b64encode(sample_files["dent"].read_bytes()).decode()
+    answer = page.evaluate("""async ([url, image]) => {
+        const response = await fetch(url, {method: 'POST', body: JSON.stringify({data: image}),
+            headers: {'Content-Type': 'application/json', 'X-Explain-Format': 'overlay', 'X-Explain-Target': 'dent'}});
+        return {status: response.status, body: await response.json()};
+    }""", [f"{cors_server.url()}/predictions/inspection", image])
+    assert answer["status"] == 200
+    assert answer["body"]["explanations"][0]["target"]["label"] == "dent" and "png" in answer["body"]["explanations"][0]
+
+
+def test_server_errors_are_shown(page, sample_files):
+    page.fill("#model", "no_such_model")
+    page.set_input_files("#file", str(sample_files["ok"]))
+    page.wait_for_selector("#status.error", timeout=WAIT_MS)
+    message = page.inner_text("#status")
+    assert "HTTP 404" in message and "no_such_model" in message
+    assert overlays(page) == []
