@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import functools
+import signal
 
 import pytest
 import torch
 import torchvision
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config) -> None:
+    """Turn SIGTERM (a CI or `timeout` kill) into an interrupt, so fixtures stop their servers."""
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 @functools.lru_cache(maxsize=None)
