@@ -104,11 +104,13 @@ class Explainer:
                 raise ValueError(f"unknown method {job.method!r}; valid: {', '.join(METHODS)}")
             self.check_targets(job.targets)
         images = images.to(self.device)
+        groups = {name: [i for i, job in enumerate(jobs) if job.method == name] for name in dict.fromkeys(j.method for j in jobs)}
+        if len(groups) == 1:  # the usual case: no copy of the batch
+            (name,) = groups
+            return self._run_group(METHODS[name], images, list(jobs))
         results: list[SampleResult | None] = [None] * len(jobs)
-        for method_name in dict.fromkeys(job.method for job in jobs):
-            rows = [i for i, job in enumerate(jobs) if job.method == method_name]
-            group_jobs = [jobs[i] for i in rows]
-            for i, result in zip(rows, self._run_group(METHODS[method_name], images[rows], group_jobs)):
+        for name, rows in groups.items():
+            for i, result in zip(rows, self._run_group(METHODS[name], images[rows], [jobs[i] for i in rows])):
                 results[i] = result
         return [r for r in results if r is not None]
 

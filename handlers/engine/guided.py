@@ -3,9 +3,10 @@
 Captum's GuidedBackprop hooks only ``nn.ReLU`` modules, so ``F.relu`` (GoogLeNet,
 Inception3, DenseNet) and ``nn.ReLU6`` silently give the plain gradient, and its hook
 handles accumulate on the object. Here a TorchFunctionMode, active only during the
-forward, routes every ReLU call through an autograd function whose backward applies
-the guided rule (pass only positive gradients) while the switch is armed. Nothing is
-registered on the model, so nothing outlives the call.
+forward, keeps each ReLU a native op and hooks its output's gradient: while the switch
+is armed the hook drops negative gradients before the ReLU's own mask (the guided rule),
+while disarmed it changes nothing. Nothing is registered on the model, and the tensor
+hooks die with the graph, so nothing outlives the call.
 """
 
 from __future__ import annotations
@@ -21,24 +22,9 @@ class GuideSwitch:
     def __init__(self) -> None:
         self.armed = False
 
-
-class _GuidedClamp(torch.autograd.Function):
-    """clamp(x, low, high) whose backward masks like the clamp and, when armed, drops negative gradients."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, low: float, high: float | None, switch: GuideSwitch):
-        out = x.clamp(min=low, max=high)
-        mask = x > low if high is None else (x > low) & (x < high)
-        ctx.save_for_backward(mask)
-        ctx.switch = switch
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (mask,) = ctx.saved_tensors
-        if ctx.switch.armed:
-            grad = grad.clamp_min(0)
-        return grad * mask, None, None, None
+    def guide(self, grad: torch.Tensor) -> torch.Tensor | None:
+        """Gradient hook: keep only positive gradients while armed."""
+        return grad.clamp_min(0) if self.armed else None
 
 
 _RELU_FUNCS = {F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}
@@ -46,8 +32,17 @@ _RELU_FUNCS = {F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torc
 _UNGUIDED_FUNCS = {F.silu, F.gelu, F.hardswish, F.mish, F.elu, F.leaky_relu, F.selu}
 
 
+def _relu6_bounds(func, args: tuple, kwargs: dict) -> float | None:
+    """The upper bound when ``func(*args)`` is ReLU6-like (hardtanh from 0), else None."""
+    if func is F.relu6:
+        return 6.0
+    if func is F.hardtanh and kwargs.get("min_val", args[1] if len(args) > 1 else -1.0) == 0.0:
+        return float(kwargs.get("max_val", args[2] if len(args) > 2 else 1.0))
+    return None
+
+
 class GuidedReLUMode(TorchFunctionMode):
-    """Inside this mode, ReLU and ReLU6 calls become guided-backprop-aware clamps.
+    """Inside this mode, ReLU and ReLU6 outputs carry the switch's guided-gradient hook.
 
     In-place variants return a new tensor: every torchvision model uses the return value.
     """
@@ -60,18 +55,16 @@ class GuidedReLUMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        high = _relu6_bounds(func, args, kwargs)
         if func in _RELU_FUNCS:
-            self.guided_calls += 1
-            return _GuidedClamp.apply(args[0], 0.0, None, self.switch)
-        if func is F.relu6:
-            self.guided_calls += 1
-            return _GuidedClamp.apply(args[0], 0.0, 6.0, self.switch)
-        if func is F.hardtanh:
-            low = kwargs.get("min_val", args[1] if len(args) > 1 else -1.0)
-            high = kwargs.get("max_val", args[2] if len(args) > 2 else 1.0)
-            if low == 0.0:  # ReLU6 is hardtanh(0, 6)
-                self.guided_calls += 1
-                return _GuidedClamp.apply(args[0], 0.0, float(high), self.switch)
-        if func in _UNGUIDED_FUNCS:
-            self.unguided_calls[func.__name__] = self.unguided_calls.get(func.__name__, 0) + 1
-        return func(*args, **kwargs)
+            out = torch.relu(args[0])
+        elif high is not None:
+            out = F.hardtanh(args[0], 0.0, high)
+        else:
+            if func in _UNGUIDED_FUNCS:
+                self.unguided_calls[func.__name__] = self.unguided_calls.get(func.__name__, 0) + 1
+            return func(*args, **kwargs)
+        self.guided_calls += 1
+        if out.requires_grad:
+            out.register_hook(self.switch.guide)
+        return out

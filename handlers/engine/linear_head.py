@@ -29,7 +29,8 @@ class LinearHead:
 
     def cam(self, activations: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """CAM of each (row, target) pair before the ReLU: M x h x w, equal to Grad-CAM's sum."""
-        acts = activations[rows]  # M x C x h x w
+        one_each = len(rows) == len(activations) and bool((rows == torch.arange(len(rows), device=rows.device)).all())
+        acts = activations if one_each else activations[rows]  # M x C x h x w; no copy in the usual case
         area = acts.shape[2] * acts.shape[3]
         return torch.einsum("mc,mchw->mhw", self.weight[targets].to(acts.dtype), acts) / area
 
