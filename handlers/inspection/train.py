@@ -37,9 +37,9 @@ class TrainConfig:
     test_size: int = 600
     train_seed: int = 0  # seeds the training images and torch (init, shuffling, flips)
     test_seed: int = 1  # held-out images, never seen in training
-    epochs: int = 12
+    epochs: int = 10
     batch_size: int = 64
-    lr: float = 3e-3
+    lr: float = 6e-3
     weight_decay: float = 1e-4
 
 
