@@ -1,0 +1,68 @@
+"""``python -m handlers.evaluation``: measure the explanations and write docs/evaluation.md.
+
+Runs the reference agreement on every subject, the localisation metrics and the
+randomisation test on the default model, draws the example pictures, then writes the
+report. Seeded throughout; a few minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ..inspection import WEIGHTS_FILE
+from ..inspection.synthetic import to_tensor
+from ..inspection.train import sha256_of
+from .agreement import SUBJECTS, agreement
+from .data import EVALUATION_SEED, default_model, held_out_samples
+from .examples import pick_examples, write_examples
+from .localisation import DEFECTS, localisation
+from .report import Setup, render_report
+from .sanity import randomisation_test
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+COUNTS = {"scratch": 500, "dent": 500, "scratch+dent": 500}
+SANITY_PER_DEFECT = 50  # images of each defect kind in the randomisation test
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m handlers.evaluation", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPOSITORY / "docs" / "evaluation.md", help="the Markdown report")
+    parser.add_argument(
+        "--images", type=Path, default=REPOSITORY / "docs" / "images" / "evaluation", help="folder for the example PNGs"
+    )
+    parser.add_argument(
+        "--subjects", nargs="+", default=list(SUBJECTS), choices=SUBJECTS, help="models of the agreement table"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: on a busy 2-core machine two threads stall at every op)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+
+    agreements = [agreement(subject, as_shipped=True) for subject in args.subjects]
+    model = default_model()
+    samples = held_out_samples(COUNTS, EVALUATION_SEED)
+    outcome = localisation(model, samples)
+    sanity = [s for kind in DEFECTS for s in [x for x in samples if x.kind == kind][:SANITY_PER_DEFECT]]
+    steps = randomisation_test(model, to_tensor([s.image for s in sanity]))
+    written = write_examples(model, pick_examples(samples, outcome), args.images)
+
+    setup = Setup(EVALUATION_SEED, COUNTS, len(sanity), sha256_of(WEIGHTS_FILE), time.perf_counter() - started)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(render_report(agreements, outcome, steps, written, setup, args.out) + "\n")
+    print(f"wrote {args.out} and {len(written)} pictures in {args.images}")
+
+
+if __name__ == "__main__":
+    main()
