@@ -41,9 +41,11 @@ def model_config(args: argparse.Namespace, model: dict[str, Any], input_spec: di
     section: dict[str, Any] = {"model": model, "input": input_spec, "defaults": defaults, "max_image_pixels": args.max_image_pixels}
     if args.target_layer:
         section["target_layer"] = args.target_layer
+    if args.torch_threads is not None:
+        section["torch_threads"] = args.torch_threads
+    workers = {"minWorkers": args.workers, "maxWorkers": args.workers} if args.workers else {}
     return {
-        "minWorkers": args.workers,
-        "maxWorkers": args.workers,
+        **workers,
         "batchSize": args.batch_size,
         "maxBatchDelay": args.max_batch_delay,
         "responseTimeout": args.response_timeout,
@@ -148,7 +150,10 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--export-path", default="model_store", help="where the .mar goes (default: model_store)")
     common.add_argument("--batch-size", type=int, default=8, help="TorchServe batchSize (default 8)")
     common.add_argument("--max-batch-delay", type=int, default=50, help="ms to wait for a batch to fill (default 50)")
-    common.add_argument("--workers", type=int, default=1, help="min = max workers (default 1: 2 cores)")
+    common.add_argument("--workers", type=int,
+                        help="min = max workers (default: the server's default_workers_per_model, one per core)")
+    common.add_argument("--torch-threads", type=int,
+                        help="torch threads per worker (default: OMP_NUM_THREADS if set, else 1)")
     common.add_argument("--response-timeout", type=int, default=120, help="seconds (default 120)")
     common.add_argument("--target-layer", help="module name to explain (default: discovered)")
     common.add_argument("--method", default="gradcam", help="default method: gradcam, guided_gradcam or none")

@@ -172,3 +172,34 @@ def test_wrong_target_layer_fails_the_load_with_a_clear_log(tmp_path, caplog):
         GradCamHandler().initialize(context)
     assert "model tiny failed to load: target layer 'features.9' does not exist" in caplog.text
     assert "candidates (last first): features" in caplog.text
+
+
+@pytest.mark.parametrize(("flag", "omp", "expected"), [
+    ((), None, 1),                      # TorchServe runs a worker per core: one thread each
+    ((), "3", 3),                       # the operator's OMP_NUM_THREADS is kept
+    (("--torch-threads", "2"), "3", 2),  # the MAR's setting wins over both
+])
+def test_worker_torch_threads(tmp_path, monkeypatch, flag, omp, expected):
+    mar = build_custom_mar(tmp_path, *flag, "--no-check")
+    context = load_context(unpack_mar(mar, tmp_path / "model"), "tiny")
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)  # what torch itself read from OMP_NUM_THREADS at start-up, in a worker
+    try:
+        GradCamHandler().initialize(context)
+        assert torch.get_num_threads() == expected
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_workers_come_from_the_server_unless_the_mar_pins_them(tmp_path):
+    def model_config(*flags: str) -> dict:
+        mar = build_custom_mar(tmp_path, *flags, "--no-check")
+        return load_context(unpack_mar(mar, tmp_path / f"model{len(flags)}"), "tiny").model_yaml_config
+
+    assert "minWorkers" not in model_config()
+    pinned = model_config("--workers", "2")
+    assert pinned["minWorkers"] == pinned["maxWorkers"] == 2

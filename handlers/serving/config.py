@@ -20,6 +20,8 @@ class ServingConfig:
     defaults: dict[str, Any] = field(default_factory=dict)
     max_image_pixels: int = 40_000_000
     max_targets: int = 10
+    # Torch intra-op threads per worker; None: OMP_NUM_THREADS if set, else 1 (see threads()).
+    torch_threads: int | None = None
 
     @classmethod
     def from_yaml(cls, yaml_config: dict[str, Any] | None) -> ServingConfig:
@@ -27,7 +29,7 @@ class ServingConfig:
         section = (yaml_config or {}).get(CONFIG_KEY)
         if not isinstance(section, dict):
             raise ValueError(f"model-config YAML has no '{CONFIG_KEY}:' section (build the MAR with handlers.archive)")
-        unknown = set(section) - {"model", "input", "target_layer", "defaults", "max_image_pixels", "max_targets"}
+        unknown = set(section) - {"model", "input", "target_layer", "defaults", "max_image_pixels", "max_targets", "torch_threads"}
         if unknown:
             raise ValueError(f"unknown key(s) in '{CONFIG_KEY}:' section: {', '.join(sorted(unknown))}")
         raw_input = dict(section.get("input") or {})
@@ -48,4 +50,16 @@ class ServingConfig:
             defaults=dict(section.get("defaults") or {}),
             max_image_pixels=int(section.get("max_image_pixels", cls.max_image_pixels)),
             max_targets=int(section.get("max_targets", cls.max_targets)),
+            torch_threads=int(section["torch_threads"]) if section.get("torch_threads") is not None else None,
         )
+
+    def threads(self, environ: dict[str, str]) -> int | None:
+        """Torch threads the worker should set, or None to keep what OMP_NUM_THREADS already set.
+
+        TorchServe runs one worker per core by default and never sets OMP_NUM_THREADS for
+        plain workers, so torch's default (one thread per core, in every worker)
+        oversubscribes the cores: one thread per worker unless the MAR or the operator says otherwise.
+        """
+        if self.torch_threads is not None:
+            return self.torch_threads
+        return None if environ.get("OMP_NUM_THREADS") else 1

@@ -70,13 +70,17 @@ class GradCamHandler(BaseHandler):
         except Exception as error:
             logger.error("model %s failed to load: %s", context.model_name, error)
             raise
+        threads = self.config.threads(dict(os.environ))
+        if threads is not None:
+            torch.set_num_threads(threads)
         self.preprocessor = Preprocessor(self.config.input)
         Image.MAX_IMAGE_PIXELS = self.config.max_image_pixels
         self.initialized = True
         logger.info(
-            "model %s ready on %s: layer %s, %d classes, Grad-CAM via %s",
+            "model %s ready on %s (%d torch threads): layer %s, %d classes, Grad-CAM via %s",
             context.model_name,
             self.device,
+            torch.get_num_threads(),
             self.explainer.layer_name,
             self.explainer.num_classes,
             "CAM (pool + linear head)" if self.explainer.uses_cam_fast_path else "autograd",
