@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 MAR := model_store/inspection.mar
 SOURCES := $(shell find handlers -name '*.py' -not -path '*/__pycache__/*' -not -path 'handlers/client/*' -not -path 'handlers/evaluation/*')
 
-.PHONY: venv serve test mar train clean java-check viewer browser
+.PHONY: venv serve test mar train clean java-check viewer browser bench eval soak
 
 venv: $(STAMP)
 
@@ -42,6 +42,18 @@ browser:
 viewer:
 	@echo "Viewer on http://127.0.0.1:8090/ (TorchServe must be running: make serve)"
 	python3 -m http.server --bind 127.0.0.1 8090 --directory handlers/viewer
+
+# Benchmarks (issue 4): writes benchmarks/RESULTS.md; `--quick` for a smoke run.
+bench: $(STAMP) java-check
+	$(PY) -m benchmarks
+
+# Evaluation report (issue 6): writes docs/evaluation.md and docs/images/evaluation/.
+eval: $(STAMP)
+	$(PY) -m handlers.evaluation
+
+# Bounded soak against a real TorchServe (slow; not part of make test).
+soak: $(STAMP) java-check
+	$(PY) -m pytest -m slow -s tests/integration/test_faults_and_soak.py
 
 train: $(STAMP)
 	$(PY) -m handlers.inspection.train --out handlers/inspection/inspection.pth

@@ -77,7 +77,7 @@ class GradCamHandler(BaseHandler):
         Image.MAX_IMAGE_PIXELS = self.config.max_image_pixels
         self.initialized = True
         logger.info(
-            "model %s ready on %s (%d torch threads): layer %s, %d classes, Grad-CAM via %s",
+            "model %s ready on %s with %d torch thread(s): layer %s, %d classes, Grad-CAM via %s",
             context.model_name,
             self.device,
             torch.get_num_threads(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 
@@ -117,4 +118,6 @@ def test_served_map_equals_the_engine_map(server, samples):
 
 
 def test_worker_log_names_layer_and_path(server):
-    assert re.search(r"model inspection ready on cpu: layer features, 3 classes, Grad-CAM via CAM", server.log())
+    threads = os.environ.get("OMP_NUM_THREADS", "1")  # the handler's default is one per worker
+    assert re.search(rf"model inspection ready on cpu with {threads} torch thread\(s\): layer features, 3 classes, "
+                     r"Grad-CAM via CAM", server.log())

@@ -1,0 +1,99 @@
+"""Entry point: ``python -m benchmarks [--quick]`` (or ``python benchmarks/run.py``).
+
+Runs the engine benchmark, the end-to-end TorchServe benchmark, the memory measurements
+and the thread-settings comparison, then writes the markdown report (RESULTS.md for a
+full run, RESULTS-quick.md for --quick, so a smoke run never replaces published numbers)
+and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+if not __package__:  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import e2e_bench, engine_bench, memory_bench, threads_bench  # noqa: E402
+from benchmarks.artifacts import build  # noqa: E402
+from benchmarks.monitor import ForeignLoad  # noqa: E402
+from benchmarks.report import Section, machine, targets_table  # noqa: E402
+from benchmarks.settings import FULL, QUICK, Settings  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+SECTIONS = ("engine", "e2e", "memory", "threads")
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run of every path (< 2 min on an idle machine)")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run")
+    parser.add_argument("--output", type=Path, help="report file (default: benchmarks/RESULTS.md, -quick for --quick)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads of the engine and memory sections (default 1: the worker "
+                        "setting section 4 recommends, and CPU time then measures compute even on a busy machine)")
+    return parser.parse_args(argv)
+
+
+def run_sections(settings: Settings, only: list[str], workdir: Path) -> list[Section]:
+    """Every requested section, in report order; servers live only inside their section."""
+    sections: list[Section] = []
+    if "engine" in only:
+        sections.append(engine_bench.run(settings))
+    store = workdir / "model_store"
+    models = tuple(dict.fromkeys((*settings.e2e_models, *settings.thread_models)))
+    served = build(store, models) if {"e2e", "threads"} & set(only) else {}
+    worker_memory: list[str] = []
+    if "e2e" in only:
+        runs = [e2e_bench.measure(served[m], store, workdir, settings) for m in settings.e2e_models]
+        end_to_end, worker_memory = e2e_bench.report(runs, settings)
+        sections.append(end_to_end)
+    if "memory" in only or worker_memory:
+        memory = memory_bench.run() if "memory" in only else Section("3. Memory")
+        memory.add(*worker_memory)
+        sections.append(memory)
+    if "threads" in only:
+        sections.append(threads_bench.run(served, store, workdir, settings))
+    return sections
+
+
+def render(settings: Settings, sections: list[Section], described: str, minutes: float, load: ForeignLoad) -> str:
+    """The whole report. CPU-min of the run over the core count bounds from below the wall
+    time the same run needs on an idle machine."""
+    targets = [t for s in sections for t in s.targets]
+    head = [
+        "# Benchmarks: explanations at almost no extra cost (issue 4)",
+        f"{described} Settings: `{settings.name}`; the run took {minutes:.1f} min wall and "
+        f"{load.own_s / 60:.1f} CPU-min (benchmark, its servers and clients); during it {load.summary().describe()}. "
+        "MB = 2^20 bytes. Regenerate with `python -m benchmarks` (full) or `python -m benchmarks --quick`.",
+        "## Targets",
+        targets_table(targets) if targets else "(no target measured in this run)",
+    ]
+    return "\n\n".join([*head, *(s.markdown() for s in sections)]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    settings = QUICK if args.quick else FULL
+    output = args.output or HERE / ("RESULTS-quick.md" if args.quick else "RESULTS.md")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    warnings.filterwarnings("ignore", module="captum")  # per-call notices of its documented usage
+    torch.set_num_threads(args.threads)
+    started, described = time.monotonic(), machine()
+    with ForeignLoad() as load, tempfile.TemporaryDirectory(prefix="gradcam-bench-") as tmp:
+        sections = run_sections(settings, args.only, Path(tmp))
+    text = render(settings, sections, described, (time.monotonic() - started) / 60, load)
+    output.write_text(text, encoding="utf-8")
+    print(text)
+    print(f"written to {output}")
+
+
+if __name__ == "__main__":
+    main()
