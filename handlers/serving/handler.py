@@ -100,7 +100,10 @@ class GradCamHandler(BaseHandler):
             try:
                 prepared.append(self._prepare(row, _headers(self.context, idx)))
             except RequestError as error:
-                prepared.append(error)
+                # Kept without its traceback: its frames (this one included, which holds
+                # `prepared`) would make a cycle that keeps decoder state alive.
+                error.__context__ = None
+                prepared.append(error.with_traceback(None))
         return prepared
 
     def inference(self, prepared: list[Prepared | RequestError]) -> list[Outcome]:
