@@ -12,6 +12,7 @@ from collections import Counter
 import numpy as np
 import psutil
 import pytest
+import requests
 from PIL import Image
 
 from handlers.inspection import CLASSES
@@ -75,52 +76,68 @@ def rss_mb(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
-def test_killed_worker_is_restarted_and_serving_resumes(server):
+def first_success_after(url: str, image: bytes, since: float, limit_s: float = 120) -> float | None:
+    """Seconds from ``since`` to the first 200 on a valid request, probing until ``limit_s``."""
+    while time.monotonic() < since + limit_s:
+        try:
+            if requests.post(url, data=image, timeout=60).status_code == 200:
+                return time.monotonic() - since
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    return None
+
+
+def test_killed_worker_is_restarted_and_serving_resumes(server, samples):
     """Kill the worker mid-load: TorchServe restarts it; requests after recovery succeed."""
-    plan, _ = mixed_plan(240, seed=5)
+    url = f"{server.url()}/predictions/inspection"
+    plan, _ = mixed_plan(1200, seed=5)  # several seconds of load: the kill lands mid-way
     (worker,) = server.worker_pids("inspection")
     killed_at: list[float] = []
 
     def kill_soon() -> None:
-        time.sleep(3)
+        time.sleep(1)
         killed_at.append(time.monotonic())
         os.kill(worker, signal.SIGKILL)
 
     killer = threading.Thread(target=kill_soon)
     killer.start()
-    outcomes = run(f"{server.url()}/predictions/inspection", plan, concurrency=8)
+    outcomes = run(url, plan, concurrency=8)
     killer.join()
     failed = [o for o in outcomes if o.problem]
-    after = [o for o in outcomes if o.sent_at > killed_at[0] + 30]
-    recovered = min((o.sent_at + o.seconds for o in outcomes if o.sent_at > killed_at[0] and not o.problem), default=None)
+    in_load = [o.sent_at + o.seconds - killed_at[0] for o in outcomes if o.sent_at > killed_at[0] and not o.problem]
+    recovered = min(in_load, default=None) or first_success_after(url, samples["scratch"], killed_at[0])
     print(f"\nfault: {len(plan)} requests, {len(failed)} failed by status {dict(Counter(o.status for o in failed))}, "
-          f"first success {recovered - killed_at[0]:.1f}s after the kill" if recovered else "no recovery")
-    assert recovered is not None, "no request succeeded after the worker was killed"
+          + (f"first success {recovered:.1f}s after the kill" if recovered else "no recovery"))
+    assert recovered is not None, "no request succeeded within 120 s of the worker being killed"
     assert all(o.status in (0, 500, 502, 503, 507) for o in failed), [o.problem for o in failed][:5]
-    assert not any(o.problem for o in after), "requests still failing 30 s after the kill"
     assert len(failed) <= 8 * 3, "more failures than the requests in flight and queued at the kill"
+    afterwards = run(url, mixed_plan(200, seed=6)[0], concurrency=8)
+    assert not [o.problem for o in afterwards if o.problem], "requests still failing after the recovery"
     assert server.ready_workers("inspection") == 1 and server.worker_pids("inspection") != [worker]
 
 
 @pytest.mark.slow
 def test_soak_mixed_load_keeps_answers_right_and_memory_flat(server):
-    """Thousands of mixed requests above batch size: zero 5xx, every answer matches, RSS flat."""
+    """20,000 mixed requests above batch size: zero 5xx, every answer matches, RSS flat."""
     url = f"{server.url()}/predictions/inspection"
-    warmup, _ = mixed_plan(300, seed=11)
+    warmup, _ = mixed_plan(500, seed=11)
     run(url, warmup, concurrency=16)
     (worker,) = server.worker_pids("inspection")
-    rss_before = rss_mb(worker)
-    plan, kinds = mixed_plan(2500, seed=12)
-    started = time.monotonic()
-    outcomes = run(url, plan, concurrency=16)
+    rss = [rss_mb(worker)]
+    outcomes, started = [], time.monotonic()
+    for part in range(4):  # RSS read after each quarter: growth would show as a trend
+        plan, _ = mixed_plan(5000, seed=12 + part)
+        outcomes += run(url, plan, concurrency=16)
+        rss.append(rss_mb(worker))
     seconds = time.monotonic() - started
-    rss_after = rss_mb(worker)
     statuses = Counter(o.status for o in outcomes)
     problems = [o.problem for o in outcomes if o.problem]
-    print(f"\nsoak: {len(plan)} requests in {seconds:.0f}s ({len(plan) / seconds:.1f}/s) at concurrency 16, "
+    print(f"\nsoak: {len(outcomes)} requests in {seconds:.0f}s ({len(outcomes) / seconds:.1f}/s) at concurrency 16, "
           f"statuses {dict(sorted(statuses.items()))}, {len(problems)} mismatches; "
-          f"worker RSS {rss_before:.0f} MB -> {rss_after:.0f} MB")
+          f"worker RSS after warm-up and each 5,000: {' -> '.join(f'{mb:.0f}' for mb in rss)} MB")
     assert not problems, problems[:5]
     assert not any(status >= 500 for status in statuses)
     assert server.worker_pids("inspection") == [worker]
-    assert rss_after - rss_before < 40, f"worker RSS grew {rss_after - rss_before:.0f} MB"
+    assert rss[-1] - rss[0] < 40, f"worker RSS grew {rss[-1] - rss[0]:.0f} MB"
+    assert rss[-1] - rss[1] < 15, f"worker RSS still growing after the first 5,000: {rss}"
