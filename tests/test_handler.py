@@ -220,3 +220,11 @@ def test_refused_requests_leave_no_reference_cycles(handler):
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+def test_invalid_torch_threads_fails_the_load_with_a_clear_log(tmp_path, caplog):
+    mar = build_custom_mar(tmp_path, "--torch-threads", "0", "--no-check")
+    context = load_context(unpack_mar(mar, tmp_path / "model"), "tiny")
+    with caplog.at_level(logging.ERROR), pytest.raises(ValueError):
+        GradCamHandler().initialize(context)
+    assert "'gradcam.torch_threads' must be a whole number >= 1, got 0" in caplog.text

@@ -43,6 +43,9 @@ class ServingConfig:
         for key in ("mean", "std"):
             if key in raw_input:
                 raw_input[key] = tuple(float(v) for v in raw_input[key])
+        threads = section.get("torch_threads")
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"'{CONFIG_KEY}.torch_threads' must be a whole number >= 1, got {threads!r}")
         return cls(
             model=dict(section.get("model") or {}),
             input=InputSpec(**raw_input),
@@ -50,7 +53,7 @@ class ServingConfig:
             defaults=dict(section.get("defaults") or {}),
             max_image_pixels=int(section.get("max_image_pixels", cls.max_image_pixels)),
             max_targets=int(section.get("max_targets", cls.max_targets)),
-            torch_threads=int(section["torch_threads"]) if section.get("torch_threads") is not None else None,
+            torch_threads=threads,
         )
 
     def threads(self, environ: dict[str, str]) -> int | None:
