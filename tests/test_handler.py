@@ -55,6 +55,12 @@ def build_custom_mar(directory: Path, *extra: str, source: str = TINY_NET, label
     return directory / "tiny.mar"
 
 
+def custom_context(directory: Path, *flags: str, unpack_to: str = "model"):
+    """The worker Context of a ``TinyNet`` MAR built with ``flags`` (not checked at build)."""
+    mar = build_custom_mar(directory, *flags, "--no-check")
+    return load_context(unpack_mar(mar, directory / unpack_to), "tiny")
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("tiny")
@@ -166,13 +172,17 @@ def test_handler_reports_its_time(handler):
     assert any(name == "HandlerTime" and value > 0 for name, value, _ in context.metrics.times)
 
 
-def test_wrong_target_layer_fails_the_load_with_a_clear_log(tmp_path, caplog):
-    mar = build_custom_mar(tmp_path, "--target-layer", "features.9", "--no-check")
-    context = load_context(unpack_mar(mar, tmp_path / "model"), "tiny")
+@pytest.mark.parametrize(("flags", "logged"), [
+    (("--target-layer", "features.9"), ["model tiny failed to load: target layer 'features.9' does not exist",
+                                        "candidates (last first): features"]),
+    (("--torch-threads", "0"), ["'gradcam.torch_threads' must be a whole number >= 1, got 0"]),
+])
+def test_bad_model_config_fails_the_load_with_a_clear_log(tmp_path, caplog, flags, logged):
+    context = custom_context(tmp_path, *flags)
     with caplog.at_level(logging.ERROR), pytest.raises(ValueError):
         GradCamHandler().initialize(context)
-    assert "model tiny failed to load: target layer 'features.9' does not exist" in caplog.text
-    assert "candidates (last first): features" in caplog.text
+    for line in logged:
+        assert line in caplog.text
 
 
 @pytest.mark.parametrize(("flag", "omp", "expected"), [
@@ -181,8 +191,7 @@ def test_wrong_target_layer_fails_the_load_with_a_clear_log(tmp_path, caplog):
     (("--torch-threads", "2"), "3", 2),  # the MAR's setting wins over both
 ])
 def test_worker_torch_threads(tmp_path, monkeypatch, flag, omp, expected):
-    mar = build_custom_mar(tmp_path, *flag, "--no-check")
-    context = load_context(unpack_mar(mar, tmp_path / "model"), "tiny")
+    context = custom_context(tmp_path, *flag)
     if omp is None:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     else:
@@ -198,8 +207,7 @@ def test_worker_torch_threads(tmp_path, monkeypatch, flag, omp, expected):
 
 def test_workers_come_from_the_server_unless_the_mar_pins_them(tmp_path):
     def model_config(*flags: str) -> dict:
-        mar = build_custom_mar(tmp_path, *flags, "--no-check")
-        return load_context(unpack_mar(mar, tmp_path / f"model{len(flags)}"), "tiny").model_yaml_config
+        return custom_context(tmp_path, *flags, unpack_to=f"model{len(flags)}").model_yaml_config
 
     assert "minWorkers" not in model_config()
     pinned = model_config("--workers", "2")
@@ -221,10 +229,3 @@ def test_refused_requests_leave_no_reference_cycles(handler):
     finally:
         gc.enable()
 
-
-def test_invalid_torch_threads_fails_the_load_with_a_clear_log(tmp_path, caplog):
-    mar = build_custom_mar(tmp_path, "--torch-threads", "0", "--no-check")
-    context = load_context(unpack_mar(mar, tmp_path / "model"), "tiny")
-    with caplog.at_level(logging.ERROR), pytest.raises(ValueError):
-        GradCamHandler().initialize(context)
-    assert "'gradcam.torch_threads' must be a whole number >= 1, got 0" in caplog.text
