@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,7 +57,7 @@ class ServingConfig:
             torch_threads=threads,
         )
 
-    def threads(self, environ: dict[str, str]) -> int | None:
+    def threads(self, environ: Mapping[str, str]) -> int | None:
         """Torch threads the worker should set, or None to keep what OMP_NUM_THREADS already set.
 
         TorchServe runs one worker per core by default and never sets OMP_NUM_THREADS for

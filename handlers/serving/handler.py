@@ -70,7 +70,7 @@ class GradCamHandler(BaseHandler):
         except Exception as error:
             logger.error("model %s failed to load: %s", context.model_name, error)
             raise
-        threads = self.config.threads(dict(os.environ))
+        threads = self.config.threads(os.environ)
         if threads is not None:
             torch.set_num_threads(threads)
         self.preprocessor = Preprocessor(self.config.input)
