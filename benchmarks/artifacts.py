@@ -54,8 +54,22 @@ def _quietly(argv: list[str]) -> None:
 def build_ours(store: Path, model: str, name: str, weights: Path | None, workers: int = 1) -> str:
     """Our MAR for ``model`` ('inspection' or 'resnet50') under ``name``; returns the file name."""
     kind = ["inspection"] if model == "inspection" else ["torchvision", "--arch", model, "--weights", str(weights)]
-    _quietly([*kind, "--name", name, "--export-path", str(store), "--batch-size", str(BATCH_SIZE),
-              "--max-batch-delay", str(MAX_BATCH_DELAY_MS), "--workers", str(workers), "--no-check"])
+    _quietly(
+        [
+            *kind,
+            "--name",
+            name,
+            "--export-path",
+            str(store),
+            "--batch-size",
+            str(BATCH_SIZE),
+            "--max-batch-delay",
+            str(MAX_BATCH_DELAY_MS),
+            "--workers",
+            str(workers),
+            "--no-check",
+        ]
+    )
     return f"{name}.mar"
 
 
@@ -73,18 +87,48 @@ def build_stock(store: Path, model: str, name: str, weights: Path) -> str:
         labels = list(CLASSES) if model == "inspection" else _resnet_labels()
         (stage / "index_to_name.json").write_text(json.dumps({str(i): label for i, label in enumerate(labels)}))
         if model == "inspection":
-            shutil.copytree(HANDLERS_DIR, stage / "handlers",
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pth", "samples"))
+            shutil.copytree(
+                HANDLERS_DIR,
+                stage / "handlers",
+                ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pth", "samples"),
+            )
             model_file, handler = STOCK_DIR / "inspection_model.py", str(STOCK_DIR / "inspection_classifier.py")
         else:
             model_file, handler = STOCK_DIR / "resnet50_model.py", "image_classifier"
         config = Path(tmp) / "model-config.yaml"
-        config.write_text(yaml.safe_dump({"minWorkers": 1, "maxWorkers": 1, "batchSize": BATCH_SIZE,
-                                          "maxBatchDelay": MAX_BATCH_DELAY_MS, "responseTimeout": 300}))
-        command = [sys.executable, "-c", "from model_archiver.model_packaging import generate_model_archive as g; g()",
-                   "--model-name", name, "--version", "1.0", "--model-file", str(model_file),
-                   "--serialized-file", str(weights), "--handler", handler, "--extra-files", str(stage),
-                   "--config-file", str(config), "--export-path", str(store), "--force"]
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "minWorkers": 1,
+                    "maxWorkers": 1,
+                    "batchSize": BATCH_SIZE,
+                    "maxBatchDelay": MAX_BATCH_DELAY_MS,
+                    "responseTimeout": 300,
+                }
+            )
+        )
+        command = [
+            sys.executable,
+            "-c",
+            "from model_archiver.model_packaging import generate_model_archive as g; g()",
+            "--model-name",
+            name,
+            "--version",
+            "1.0",
+            "--model-file",
+            str(model_file),
+            "--serialized-file",
+            str(weights),
+            "--handler",
+            handler,
+            "--extra-files",
+            str(stage),
+            "--config-file",
+            str(config),
+            "--export-path",
+            str(store),
+            "--force",
+        ]
         subprocess.run(command, check=True, env={**os.environ, "TMPDIR": tmp})
     return f"{name}.mar"
 
@@ -112,8 +156,13 @@ def build(store: Path, models: tuple[str, ...]) -> dict[str, Served]:
             weights, images = WEIGHTS_FILE, tuple(p.read_bytes() for p in sorted(SAMPLES_DIR.glob("*.png")))
         else:
             weights, images = save_random_resnet50(store / f"{model}-random.pth"), photo_like_jpegs()
-        served[model] = Served(model, f"stock_{model}", build_ours(store, model, model, weights),
-                               build_stock(store, model, f"stock_{model}", weights), images)
+        served[model] = Served(
+            model,
+            f"stock_{model}",
+            build_ours(store, model, model, weights),
+            build_stock(store, model, f"stock_{model}", weights),
+            images,
+        )
     return served
 
 

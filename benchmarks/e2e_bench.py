@@ -78,10 +78,16 @@ class ModelRun:
     load: LoadSummary | None = None
 
 
-def _window(server: BenchServer, served: Served, endpoint: Endpoint, concurrency: int, seconds: float,
-            settings: Settings) -> Window:
-    return run_window(endpoint.shots(server, served.images), concurrency, seconds,
-                      max_requests=settings.max_requests_per_window, cap_s=settings.slow_cap_s)
+def _window(
+    server: BenchServer, served: Served, endpoint: Endpoint, concurrency: int, seconds: float, settings: Settings
+) -> Window:
+    return run_window(
+        endpoint.shots(server, served.images),
+        concurrency,
+        seconds,
+        max_requests=settings.max_requests_per_window,
+        cap_s=settings.slow_cap_s,
+    )
 
 
 def _warm_up_and_memory(server: BenchServer, run: ModelRun, settings: Settings) -> None:
@@ -92,8 +98,14 @@ def _warm_up_and_memory(server: BenchServer, run: ModelRun, settings: Settings) 
         concurrency = min(8, endpoint.max_concurrency or 8)
         window = _window(server, run.served, endpoint, concurrency, settings.warmup_window_s, settings)
         pid = pids[endpoint.model]
-        run.memory.append([endpoint.model, f"+ {endpoint.label} traffic (c={concurrency}, {window.completed} requests)",
-                           megabytes(peak_rss(pid)), megabytes(rss(pid))])
+        run.memory.append(
+            [
+                endpoint.model,
+                f"+ {endpoint.label} traffic (c={concurrency}, {window.completed} requests)",
+                megabytes(peak_rss(pid)),
+                megabytes(rss(pid)),
+            ]
+        )
 
 
 def _interleaved(server: BenchServer, run: ModelRun, settings: Settings) -> None:
@@ -103,14 +115,19 @@ def _interleaved(server: BenchServer, run: ModelRun, settings: Settings) -> None
             shift = round_index % len(active)
             for endpoint in active[shift:] + active[:shift]:
                 run.windows[(endpoint.label, concurrency)].append(
-                    _window(server, run.served, endpoint, concurrency, settings.window_s, settings))
+                    _window(server, run.served, endpoint, concurrency, settings.window_s, settings)
+                )
 
 
 def measure(served: Served, store: Path, workdir: Path, settings: Settings) -> ModelRun:
     """Start the model's server, warm up (reading worker memory), run the interleaved windows, stop."""
     run = ModelRun(served)
-    server = BenchServer(store, {served.name: served.mar, served.stock_name: served.stock_mar},
-                         workdir / f"e2e-{served.name}", env=WORKER_ENV)
+    server = BenchServer(
+        store,
+        {served.name: served.mar, served.stock_name: served.stock_mar},
+        workdir / f"e2e-{served.name}",
+        env=WORKER_ENV,
+    )
     try:
         server.start()
         with ForeignLoad() as load:
@@ -127,15 +144,20 @@ def _summary(run: ModelRun, label: str, concurrency: int) -> Summary:
 
 
 def _rows(run: ModelRun, settings: Settings) -> list[list[object]]:
-    return [[concurrency, endpoint.label, *_summary(run, endpoint.label, concurrency).cells()]
-            for concurrency in settings.concurrencies for endpoint in endpoints(run.served)
-            if (endpoint.label, concurrency) in run.windows]
+    return [
+        [concurrency, endpoint.label, *_summary(run, endpoint.label, concurrency).cells()]
+        for concurrency in settings.concurrencies
+        for endpoint in endpoints(run.served)
+        if (endpoint.label, concurrency) in run.windows
+    ]
 
 
 def report(runs: list[ModelRun], settings: Settings) -> tuple[Section, list[str]]:
     """Section 2 and the worker-memory block of section 3."""
-    section = Section("2. End to end: TorchServe, batchSize 8, maxBatchDelay 50 ms, 1 worker, "
-                      + ", ".join(f"{k}={v}" for k, v in WORKER_ENV.items()))
+    section = Section(
+        "2. End to end: TorchServe, batchSize 8, maxBatchDelay 50 ms, 1 worker, "
+        + ", ".join(f"{k}={v}" for k, v in WORKER_ENV.items())
+    )
     section.add(
         "Closed-loop load from threads on the same machine (they share its 2 cores with the server). "
         "req/s = all completed requests / time to the last answer, pooled over the rounds; ratios are "
@@ -146,14 +168,23 @@ def report(runs: list[ModelRun], settings: Settings) -> tuple[Section, list[str]
     memory_rows: list[list[str]] = []
     for run in runs:
         assert run.load is not None
-        section.add(f"### {run.served.name}: {run.load.describe()}",
-                    table(["concurrency", "endpoint", *Summary.HEADERS], _rows(run, settings)))
+        section.add(
+            f"### {run.served.name}: {run.load.describe()}",
+            table(["concurrency", "endpoint", *Summary.HEADERS], _rows(run, settings)),
+        )
         gradcam = {c: _summary(run, "ours, method=gradcam", c) for c in settings.concurrencies}
-        section.targets.append(Target(
-            f"end to end {run.served.name}: throughput gradcam / none", f"≥ {TARGET_RATIO:.2f}x",
-            ", ".join(f"c={c}: {s.best_ratio:.2f}x best window (median {statistics.median(s.ratios):.2f}x)"
-                      for c, s in gradcam.items()),
-            min(s.best_ratio for s in gradcam.values()) >= TARGET_RATIO, run.load.disturbed))
+        section.targets.append(
+            Target(
+                f"end to end {run.served.name}: throughput gradcam / none",
+                f"≥ {TARGET_RATIO:.2f}x",
+                ", ".join(
+                    f"c={c}: {s.best_ratio:.2f}x best window (median {statistics.median(s.ratios):.2f}x)"
+                    for c, s in gradcam.items()
+                ),
+                min(s.best_ratio for s in gradcam.values()) >= TARGET_RATIO,
+                run.load.disturbed,
+            )
+        )
         memory_rows += [[run.served.name, *row] for row in run.memory]
     memory = [
         "### TorchServe worker memory",

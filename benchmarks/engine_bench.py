@@ -94,37 +94,67 @@ def run(settings: Settings) -> Section:
         "Wall ms per batch as median (min–max) over interleaved rounds; ratios to the plain prediction: "
         "median (min–max) of the per-round ratios, by wall and by CPU time, and the ratio of the best "
         f"(minimum) {clock} times, which the verdicts use: interference from other load only adds time. "
-        + ("One torch thread: CPU time is the compute cost, whoever else runs. "
-           if threads == 1 else "Several torch threads: CPU time counts OpenMP spinning, so wall time decides. ")
+        + (
+            "One torch thread: CPU time is the compute cost, whoever else runs. "
+            if threads == 1
+            else "Several torch threads: CPU time counts OpenMP spinning, so wall time decides. "
+        )
         + "Our `gradcam` uses the CAM fast path (pool + linear head) on both models; the forced row is our "
         "autograd path. The limit row is what any input-resolution gradient costs at least, so guided_gradcam "
-        "is also judged against it. Prototype rows: the engine with its model in channels_last (benchmarks/prototype.py)."
+        "is also judged against it. Prototype rows: the engine with its model in channels_last "
+        "(benchmarks/prototype.py)."
     )
     for case in cases(settings.engine_models):
         images = case.images()
         calls = variants(case, images)
         repeat = calibrate_repeat(calls[PLAIN], settings.engine_min_call_s)
         with ForeignLoad() as load:
-            wall, cpu = interleave(calls, min_rounds=settings.engine_min_rounds, max_rounds=settings.engine_max_rounds,
-                                   budget_s=settings.engine_budget_s, warmup=1, repeat=repeat)
+            wall, cpu = interleave(
+                calls,
+                min_rounds=settings.engine_min_rounds,
+                max_rounds=settings.engine_max_rounds,
+                budget_s=settings.engine_budget_s,
+                warmup=1,
+                repeat=repeat,
+            )
         noise = load.summary()
         deciding = cpu if threads == 1 else wall
-        rows = [[name, seconds(wall.stats(name)), ratio(wall.ratio(name, PLAIN)), ratio(cpu.ratio(name, PLAIN)),
-                 f"{deciding.best_ratio(name, PLAIN):.2f}x", EXPECTED[name]] for name in calls]
+        rows = [
+            [
+                name,
+                seconds(wall.stats(name)),
+                ratio(wall.ratio(name, PLAIN)),
+                ratio(cpu.ratio(name, PLAIN)),
+                f"{deciding.best_ratio(name, PLAIN):.2f}x",
+                EXPECTED[name],
+            ]
+            for name in calls
+        ]
         agreement = max_relative_difference(calls[GUIDED](), calls[NHWC_GUIDED]())
         section.add(
             f"### {case.name} ({case.input_size[0]}x{case.input_size[1]}), {wall.rounds} rounds × {repeat} "
             f"call(s); {noise.describe()}",
-            table(["path", "wall ms per batch", "ratio (wall)", "ratio (CPU)", f"best-time ratio ({clock})", "issue"],
-                  rows),
+            table(
+                ["path", "wall ms per batch", "ratio (wall)", "ratio (CPU)", f"best-time ratio ({clock})", "issue"],
+                rows,
+            ),
             f"channels_last guided_gradcam maps vs ours: max relative difference {agreement:.1e}.",
         )
         for name, goal, limit in ((GRADCAM, "≤ 1.10x", 1.10), (GUIDED, "≤ 2.5x", 2.5)):
             best = deciding.best_ratio(name, PLAIN)
             measured = f"{best:.2f}x best {clock} time (median {ratio(deciding.ratio(name, PLAIN))})"
             if name == GUIDED:
-                measured += f"; the limit row itself: {deciding.best_ratio(LIMIT, PLAIN):.2f}x, " \
-                            f"guided / limit {deciding.best_ratio(GUIDED, LIMIT):.2f}x"
-            section.targets.append(Target(
-                f"engine {case.name}: prediction + {name.split(': ')[1]}", goal, measured, best <= limit, noise.disturbed))
+                measured += (
+                    f"; the limit row itself: {deciding.best_ratio(LIMIT, PLAIN):.2f}x, "
+                    f"guided / limit {deciding.best_ratio(GUIDED, LIMIT):.2f}x"
+                )
+            section.targets.append(
+                Target(
+                    f"engine {case.name}: prediction + {name.split(': ')[1]}",
+                    goal,
+                    measured,
+                    best <= limit,
+                    noise.disturbed,
+                )
+            )
     return section

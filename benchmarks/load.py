@@ -54,8 +54,16 @@ class Window:
         return self.completed / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
-def run_window(shots: Sequence[Shot], concurrency: int, duration_s: float, *, max_requests: int,
-               min_completed: int = 1, cap_s: float = 60.0, timeout_s: float = 180.0) -> Window:
+def run_window(
+    shots: Sequence[Shot],
+    concurrency: int,
+    duration_s: float,
+    *,
+    max_requests: int,
+    min_completed: int = 1,
+    cap_s: float = 60.0,
+    timeout_s: float = 180.0,
+) -> Window:
     """Closed-loop load at ``concurrency`` for ``duration_s`` (bounded by ``max_requests`` and ``cap_s``)."""
     window = Window()
     lock = threading.Lock()
@@ -109,8 +117,15 @@ def run_window(shots: Sequence[Shot], concurrency: int, duration_s: float, *, ma
 class Summary:
     """Several windows of one endpoint pooled, and their throughput relative to reference windows."""
 
-    HEADERS: ClassVar[tuple[str, ...]] = ("req/s", "ratio per round", "best-window ratio", "p50 ms", "p99 ms",
-                                          "requests", "errors")
+    HEADERS: ClassVar[tuple[str, ...]] = (
+        "req/s",
+        "ratio per round",
+        "best-window ratio",
+        "p50 ms",
+        "p99 ms",
+        "requests",
+        "errors",
+    )
     rps: float  # all completed requests / all elapsed time
     ratios: tuple[float, ...]  # per window: rps / rps of the reference window of the same round
     best_ratio: float  # best window's rps / the reference's best window's rps (other load only lowers rps)
@@ -126,7 +141,7 @@ class Summary:
         best_reference = max((r.rps for r in reference), default=0.0)
         return cls(
             rps=sum(w.completed for w in windows) / max(sum(w.elapsed_s for w in windows), 1e-9),
-            ratios=tuple(w.rps / r.rps for w, r in zip(windows, reference) if r.rps > 0),
+            ratios=tuple(w.rps / r.rps for w, r in zip(windows, reference, strict=False) if r.rps > 0),
             best_ratio=max(w.rps for w in windows) / best_reference if best_reference else 0.0,
             p50_s=percentile(latencies, 0.5),
             p99_s=percentile(latencies, 0.99),
@@ -137,11 +152,21 @@ class Summary:
 
     def cells(self) -> list[str]:
         """req/s, ratio median (min–max), best-window ratio, p50 ms, p99 ms, requests, errors."""
-        ratio = (f"{statistics.median(self.ratios):.2f}x ({min(self.ratios):.2f}–{max(self.ratios):.2f})"
-                 if self.ratios else "–")
+        ratio = (
+            f"{statistics.median(self.ratios):.2f}x ({min(self.ratios):.2f}–{max(self.ratios):.2f})"
+            if self.ratios
+            else "–"
+        )
         errors = f"{self.errors}: {self.first_error[:80]}" if self.errors else "0"
-        return [f"{self.rps:.2f}", ratio, f"{self.best_ratio:.2f}x", f"{self.p50_s * 1e3:.0f}",
-                f"{self.p99_s * 1e3:.0f}", str(self.requests), errors]
+        return [
+            f"{self.rps:.2f}",
+            ratio,
+            f"{self.best_ratio:.2f}x",
+            f"{self.p50_s * 1e3:.0f}",
+            f"{self.p99_s * 1e3:.0f}",
+            str(self.requests),
+            errors,
+        ]
 
 
 def percentile(values: Sequence[float], q: float) -> float:

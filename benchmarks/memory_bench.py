@@ -81,9 +81,13 @@ def run() -> Section:
     jobs = {method: [Job(method)] * len(images) for method in ("gradcam", "guided_gradcam")}
     paths = {
         "ours: gradcam (CAM fast path, inference mode)": lambda: explainer.explain(images, jobs["gradcam"]),
-        "ours: gradcam, autograd path forced (frozen params, head only)": lambda: forced.explain(images, jobs["gradcam"]),
+        "ours: gradcam, autograd path forced (frozen params, head only)": lambda: forced.explain(
+            images, jobs["gradcam"]
+        ),
         "ours: guided_gradcam (graph to the input)": lambda: explainer.explain(images, jobs["guided_gradcam"]),
-        "Captum LayerGradCam, trainable parameters (as documented)": lambda: baselines.captum_gradcam(model, layer, images),
+        "Captum LayerGradCam, trainable parameters (as documented)": lambda: baselines.captum_gradcam(
+            model, layer, images
+        ),
         "Captum LayerGradCam, frozen parameters": lambda: baselines.captum_gradcam(frozen, frozen_layer, images),
         "pytorch-grad-cam GradCAM, trainable parameters": lambda: baselines.pytorch_grad_cam(model, layer, images),
     }
@@ -93,12 +97,21 @@ def run() -> Section:
         "Distinct storages of the tensors autograd saved: all of them (the issue's measure, includes "
         "saved weights), and the new memory only (without parameters, buffers and the input, which "
         "exist anyway). Deterministic: not affected by other load.",
-        table(["path", "tensors saved", "saved storages (all)", "new memory held for backward"],
-              [[name, saved.tensors, megabytes(saved.all_bytes), megabytes(saved.new_bytes)]
-               for name, saved in measured.items()]),
+        table(
+            ["path", "tensors saved", "saved storages (all)", "new memory held for backward"],
+            [
+                [name, saved.tensors, megabytes(saved.all_bytes), megabytes(saved.new_bytes)]
+                for name, saved in measured.items()
+            ],
+        ),
     )
     forced_saved = measured["ours: gradcam, autograd path forced (frozen params, head only)"]
-    section.targets.append(Target("autograd memory saved, resnet50 B=8, our non-CAM gradcam", "≤ 10 MB",
-                                  f"{megabytes(forced_saved.all_bytes)} ({megabytes(forced_saved.new_bytes)} new)",
-                                  forced_saved.all_bytes <= TARGET_BYTES))
+    section.targets.append(
+        Target(
+            "autograd memory saved, resnet50 B=8, our non-CAM gradcam",
+            "≤ 10 MB",
+            f"{megabytes(forced_saved.all_bytes)} ({megabytes(forced_saved.new_bytes)} new)",
+            forced_saved.all_bytes <= TARGET_BYTES,
+        )
+    )
     return section

@@ -60,8 +60,10 @@ class LoadSummary:
 
     def describe(self) -> str:
         verdict = "DISTURBED, compare ratios only" if self.disturbed else "quiet"
-        return (f"other processes used {self.mean_cores:.2f} cores on average (max {self.max_cores:.2f}) "
-                f"of {self.cores}: {verdict}")
+        return (
+            f"other processes used {self.mean_cores:.2f} cores on average (max {self.max_cores:.2f}) "
+            f"of {self.cores}: {verdict}"
+        )
 
 
 class ForeignLoad:

@@ -34,7 +34,7 @@ def channels_last_call(explainer: Explainer, images: torch.Tensor, method: str) 
 def max_relative_difference(ours: list[SampleResult], other: list[SampleResult]) -> float:
     """Largest |difference| of two runs' maps, relative to the largest value of each of our maps."""
     worst = 0.0
-    for mine, theirs in zip(ours, other):
-        for a, b in zip(mine.explanations, theirs.explanations):
+    for mine, theirs in zip(ours, other, strict=True):
+        for a, b in zip(mine.explanations, theirs.explanations, strict=True):
             worst = max(worst, float((a.values - b.values).abs().max() / a.values.abs().max().clamp_min(1e-30)))
     return worst

@@ -21,11 +21,11 @@ import torch
 if not __package__:  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import e2e_bench, engine_bench, memory_bench, threads_bench  # noqa: E402
-from benchmarks.artifacts import build  # noqa: E402
-from benchmarks.monitor import ForeignLoad  # noqa: E402
-from benchmarks.report import Section, machine, targets_table  # noqa: E402
-from benchmarks.settings import FULL, QUICK, Settings  # noqa: E402
+from benchmarks import e2e_bench, engine_bench, memory_bench, threads_bench
+from benchmarks.artifacts import build
+from benchmarks.monitor import ForeignLoad
+from benchmarks.report import Section, machine, targets_table
+from benchmarks.settings import FULL, QUICK, Settings
 
 HERE = Path(__file__).resolve().parent
 SECTIONS = ("engine", "e2e", "memory", "threads")
@@ -36,9 +36,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke run of every path (< 2 min on an idle machine)")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run")
     parser.add_argument("--output", type=Path, help="report file (default: benchmarks/RESULTS.md, -quick for --quick)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads of the engine and memory sections (default 1: the worker "
-                        "setting section 4 recommends, and CPU time then measures compute even on a busy machine)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads of the engine and memory sections (default 1: the worker "
+        "setting section 4 recommends, and CPU time then measures compute even on a busy machine)",
+    )
     return parser.parse_args(argv)
 
 

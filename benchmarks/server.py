@@ -51,8 +51,10 @@ def private_config() -> dict[str, str]:
     """config.properties keys that keep this server off every other server's resources."""
     return {
         "disable_system_metrics": "true",
-        "grpc_inference_address": "127.0.0.1", "grpc_inference_port": str(free_port()),
-        "grpc_management_address": "127.0.0.1", "grpc_management_port": str(free_port()),
+        "grpc_inference_address": "127.0.0.1",
+        "grpc_inference_port": str(free_port()),
+        "grpc_management_address": "127.0.0.1",
+        "grpc_management_port": str(free_port()),
         "initial_worker_port": str(_worker_socket_base()),
     }
 
@@ -75,8 +77,14 @@ def environment(extra: Mapping[str, str]) -> Iterator[None]:
 class BenchServer(TorchServe):
     """TorchServe started with extra environment variables (e.g. OMP_NUM_THREADS=1)."""
 
-    def __init__(self, model_store: Path, models: dict[str, str], workdir: Path,
-                 config: dict[str, str] | None = None, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        model_store: Path,
+        models: dict[str, str],
+        workdir: Path,
+        config: dict[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         super().__init__(model_store, models, workdir, {**private_config(), **(config or {})})
         self.env = dict(env or {})

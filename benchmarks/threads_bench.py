@@ -39,28 +39,40 @@ class ThreadConfig:
 
 
 CONFIGS = {
-    "default": ThreadConfig("torch default: 1 worker, 2 threads (OMP_NUM_THREADS=2), Netty default threads",
-                            {"OMP_NUM_THREADS": "2"}),
+    "default": ThreadConfig(
+        "torch default: 1 worker, 2 threads (OMP_NUM_THREADS=2), Netty default threads", {"OMP_NUM_THREADS": "2"}
+    ),
     "omp1": ThreadConfig("OMP_NUM_THREADS=1, 1 worker", {"OMP_NUM_THREADS": "1"}),
-    "omp1_2workers": ThreadConfig("shipped: 2 workers, 1 thread each (OMP_NUM_THREADS=1)", {"OMP_NUM_THREADS": "1"}, workers=2),
-    "netty1": ThreadConfig("number_of_netty_threads=1, netty_client_threads=1, 1 worker",
-                           config={"number_of_netty_threads": "1", "netty_client_threads": "1"}),
-    "omp1_netty1": ThreadConfig("OMP_NUM_THREADS=1, number_of_netty_threads=1, netty_client_threads=1, 1 worker",
-                                {"OMP_NUM_THREADS": "1"}, {"number_of_netty_threads": "1", "netty_client_threads": "1"}),
-    "omp2_passive": ThreadConfig("OMP_NUM_THREADS=2, OMP_WAIT_POLICY=PASSIVE, 1 worker",
-                                 {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}),
+    "omp1_2workers": ThreadConfig(
+        "shipped: 2 workers, 1 thread each (OMP_NUM_THREADS=1)", {"OMP_NUM_THREADS": "1"}, workers=2
+    ),
+    "netty1": ThreadConfig(
+        "number_of_netty_threads=1, netty_client_threads=1, 1 worker",
+        config={"number_of_netty_threads": "1", "netty_client_threads": "1"},
+    ),
+    "omp1_netty1": ThreadConfig(
+        "OMP_NUM_THREADS=1, number_of_netty_threads=1, netty_client_threads=1, 1 worker",
+        {"OMP_NUM_THREADS": "1"},
+        {"number_of_netty_threads": "1", "netty_client_threads": "1"},
+    ),
+    "omp2_passive": ThreadConfig(
+        "OMP_NUM_THREADS=2, OMP_WAIT_POLICY=PASSIVE, 1 worker", {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}
+    ),
 }
 METHOD = "gradcam"
 
 
 def _model_names(served: dict[str, Served], config: ThreadConfig, models: tuple[str, ...]) -> dict[str, str]:
     """{model: name served under} for one configuration."""
-    return {model: served[model].name if config.workers == 1 else f"{served[model].name}_w{config.workers}"
-            for model in models}
+    return {
+        model: served[model].name if config.workers == 1 else f"{served[model].name}_w{config.workers}"
+        for model in models
+    }
 
 
-def _start_all(servers: dict[str, BenchServer], served: dict[str, Served], store: Path, workdir: Path,
-               settings: Settings) -> None:
+def _start_all(
+    servers: dict[str, BenchServer], served: dict[str, Served], store: Path, workdir: Path, settings: Settings
+) -> None:
     """Start one server per configuration into ``servers`` (filled as they start, so all get stopped)."""
     for key in settings.thread_configs:
         config = CONFIGS[key]
@@ -68,8 +80,13 @@ def _start_all(servers: dict[str, BenchServer], served: dict[str, Served], store
         for model, name in names.items():
             if config.workers > 1 and not (store / f"{name}.mar").exists():
                 build_ours(store, model, name, random_weights(store, model), workers=config.workers)
-        server = BenchServer(store, {name: f"{name}.mar" for name in names.values()}, workdir / f"threads-{key}",
-                             config.config, config.env)
+        server = BenchServer(
+            store,
+            {name: f"{name}.mar" for name in names.values()},
+            workdir / f"threads-{key}",
+            config.config,
+            config.env,
+        )
         servers[key] = server.start(wait_ready=False)
     for server in servers.values():
         server.wait_ready(900)
@@ -81,8 +98,9 @@ def _worker_env(server: BenchServer, name: str) -> str:
     return f"{len(pids)} × OMP_NUM_THREADS={'/'.join(sorted(values))}"
 
 
-def _measure(servers: dict[str, BenchServer], served: dict[str, Served], settings: Settings
-             ) -> dict[tuple[str, str], list[Window]]:
+def _measure(
+    servers: dict[str, BenchServer], served: dict[str, Served], settings: Settings
+) -> dict[tuple[str, str], list[Window]]:
     """Round 0 warms every worker up; then each round gives every (configuration, model) one window."""
     windows: dict[tuple[str, str], list[Window]] = {}
     keys = list(servers)
@@ -92,9 +110,12 @@ def _measure(servers: dict[str, BenchServer], served: dict[str, Served], setting
             for model, name in _model_names(served, CONFIGS[key], settings.thread_models).items():
                 url = f"{servers[key].url()}/predictions/{name}"
                 shots = [Shot(url, image, {"X-Explain-Method": METHOD}) for image in served[model].images]
-                window = run_window(shots, settings.thread_concurrency,
-                                    settings.window_s if round_index else settings.warmup_window_s,
-                                    max_requests=settings.max_requests_per_window)
+                window = run_window(
+                    shots,
+                    settings.thread_concurrency,
+                    settings.window_s if round_index else settings.warmup_window_s,
+                    max_requests=settings.max_requests_per_window,
+                )
                 if round_index:
                     windows.setdefault((key, model), []).append(window)
     return windows
@@ -105,8 +126,11 @@ def run(served: dict[str, Served], store: Path, workdir: Path, settings: Setting
     servers: dict[str, BenchServer] = {}
     try:
         _start_all(servers, served, store, workdir, settings)
-        workers = {(key, model): _worker_env(servers[key], name) for key in servers
-                   for model, name in _model_names(served, CONFIGS[key], settings.thread_models).items()}
+        workers = {
+            (key, model): _worker_env(servers[key], name)
+            for key in servers
+            for model, name in _model_names(served, CONFIGS[key], settings.thread_models).items()
+        }
         with ForeignLoad() as load:
             windows = _measure(servers, served, settings)
     finally:
@@ -120,9 +144,13 @@ def run(served: dict[str, Served], store: Path, workdir: Path, settings: Setting
     rows, best = [], []
     for model in settings.thread_models:
         summaries = {key: Summary.of(windows[(key, model)], windows[("default", model)]) for key in servers}
-        rows += [[model, CONFIGS[key].label, workers[(key, model)], *summary.cells()] for key, summary in summaries.items()]
+        rows += [
+            [model, CONFIGS[key].label, workers[(key, model)], *summary.cells()] for key, summary in summaries.items()
+        ]
         fastest = max(summaries, key=lambda key: summaries[key].rps)
         best.append(f"{model}: {CONFIGS[fastest].label} ({summaries[fastest].rps:.1f} req/s)")
-    section.add(table(["model", "configuration", "workers (verified)", *Summary.HEADERS], rows),
-                "Highest throughput here: " + "; ".join(best) + ".")
+    section.add(
+        table(["model", "configuration", "workers (verified)", *Summary.HEADERS], rows),
+        "Highest throughput here: " + "; ".join(best) + ".",
+    )
     return section

@@ -51,7 +51,7 @@ class Timings:
 
     def ratio(self, name: str, reference: str) -> Stats:
         """Per-round ratios name / reference (paired, so shared drift cancels)."""
-        return Stats.of([a / b for a, b in zip(self.seconds[name], self.seconds[reference])])
+        return Stats.of([a / b for a, b in zip(self.seconds[name], self.seconds[reference], strict=True)])
 
     def best_ratio(self, name: str, reference: str) -> float:
         """Ratio of the best (minimum) times: each variant's least disturbed measurement."""

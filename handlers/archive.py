@@ -31,14 +31,26 @@ logger = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent
 ENTRY_FILE = PACKAGE_DIR / "serving" / "gradcam_entry.py"
 # The worker needs neither the client, the viewer, the evaluation nor the samples.
-_NOT_SHIPPED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pth", "*.pt", "samples", "client", "viewer", "evaluation")
+_NOT_SHIPPED = shutil.ignore_patterns(
+    "__pycache__", "*.pyc", "*.pth", "*.pt", "samples", "client", "viewer", "evaluation"
+)
 
 
 def model_config(args: argparse.Namespace, model: dict[str, Any], input_spec: dict[str, Any]) -> dict[str, Any]:
     """The model-config YAML: TorchServe's batching keys plus our ``gradcam:`` section."""
-    defaults: dict[str, Any] = {"method": args.method, "top_k": args.top_k, "top_k_explanations": args.top_k_explanations,
-                                "format": args.format, "size": args.size}
-    section: dict[str, Any] = {"model": model, "input": input_spec, "defaults": defaults, "max_image_pixels": args.max_image_pixels}
+    defaults: dict[str, Any] = {
+        "method": args.method,
+        "top_k": args.top_k,
+        "top_k_explanations": args.top_k_explanations,
+        "format": args.format,
+        "size": args.size,
+    }
+    section: dict[str, Any] = {
+        "model": model,
+        "input": input_spec,
+        "defaults": defaults,
+        "max_image_pixels": args.max_image_pixels,
+    }
     if args.target_layer:
         section["target_layer"] = args.target_layer
     if args.torch_threads is not None:
@@ -57,8 +69,12 @@ def _inspection(args: argparse.Namespace) -> tuple[dict, dict, list[str], Path, 
     from .inspection import CLASSES, WEIGHTS_FILE
     from .inspection.synthetic import INPUT_SPEC
 
-    spec = {"resize": list(INPUT_SPEC.resize), "interpolation": INPUT_SPEC.interpolation,
-            "mean": list(INPUT_SPEC.mean), "std": list(INPUT_SPEC.std)}
+    spec = {
+        "resize": list(INPUT_SPEC.resize),
+        "interpolation": INPUT_SPEC.interpolation,
+        "mean": list(INPUT_SPEC.mean),
+        "std": list(INPUT_SPEC.std),
+    }
     return {"builder": "inspection"}, spec, list(CLASSES), Path(WEIGHTS_FILE), []
 
 
@@ -67,10 +83,21 @@ def _torchvision(args: argparse.Namespace) -> tuple[dict, dict, list[str], Path,
 
     weights_enum = torchvision.models.get_model_weights(args.arch).DEFAULT
     preset = weights_enum.transforms()
-    spec = {"resize": int(preset.resize_size[0]), "crop": int(preset.crop_size[0]),
-            "interpolation": preset.interpolation.value, "mean": list(preset.mean), "std": list(preset.std)}
+    spec = {
+        "resize": int(preset.resize_size[0]),
+        "crop": int(preset.crop_size[0]),
+        "interpolation": preset.interpolation.value,
+        "mean": list(preset.mean),
+        "std": list(preset.std),
+    }
     labels = _read_label_file(args.labels) if args.labels else list(weights_enum.meta["categories"])
-    return {"builder": "torchvision", "arch": args.arch, "num_classes": len(labels)}, spec, labels, Path(args.weights), []
+    return (
+        {"builder": "torchvision", "arch": args.arch, "num_classes": len(labels)},
+        spec,
+        labels,
+        Path(args.weights),
+        [],
+    )
 
 
 def _custom(args: argparse.Namespace) -> tuple[dict, dict, list[str], Path, list[Path]]:
@@ -80,8 +107,12 @@ def _custom(args: argparse.Namespace) -> tuple[dict, dict, list[str], Path, list
         model["class"] = args.model_class
     if args.model_kwargs:
         model["kwargs"] = json.loads(args.model_kwargs)
-    spec: dict[str, Any] = {"resize": args.resize if args.resize else [args.input_size, args.input_size],
-                            "interpolation": "bilinear", "mean": args.mean, "std": args.std}
+    spec: dict[str, Any] = {
+        "resize": args.resize if args.resize else [args.input_size, args.input_size],
+        "interpolation": "bilinear",
+        "mean": args.mean,
+        "std": args.std,
+    }
     if args.resize:
         spec["crop"] = args.input_size
     return model, spec, _read_label_file(args.labels), Path(args.weights), [model_file]
@@ -114,7 +145,11 @@ def check_model(config: dict[str, Any], stage: Path, weights: Path) -> Explainer
 
 def build_mar(args: argparse.Namespace) -> Path:
     """Stage the package + config + labels, check the model, run torch-model-archiver."""
-    model, input_spec, labels, weights, extra = {"inspection": _inspection, "torchvision": _torchvision, "custom": _custom}[args.kind](args)
+    model, input_spec, labels, weights, extra = {
+        "inspection": _inspection,
+        "torchvision": _torchvision,
+        "custom": _custom,
+    }[args.kind](args)
     config = model_config(args, model, input_spec)
     export = Path(args.export_path)
     export.mkdir(parents=True, exist_ok=True)
@@ -130,11 +165,24 @@ def build_mar(args: argparse.Namespace) -> Path:
             explainer = check_model(config, stage, weights)
             logger.info("model checked: target layer %s, %d classes", explainer.layer_name, explainer.num_classes)
         command = [
-            sys.executable, "-c", "from model_archiver.model_packaging import generate_model_archive as g; g()",
-            "--model-name", args.name, "--version", args.version,
-            "--serialized-file", str(weights), "--handler", str(ENTRY_FILE),
-            "--extra-files", str(stage), "--config-file", str(config_file),
-            "--export-path", str(export), "--force",
+            sys.executable,
+            "-c",
+            "from model_archiver.model_packaging import generate_model_archive as g; g()",
+            "--model-name",
+            args.name,
+            "--version",
+            args.version,
+            "--serialized-file",
+            str(weights),
+            "--handler",
+            str(ENTRY_FILE),
+            "--extra-files",
+            str(stage),
+            "--config-file",
+            str(config_file),
+            "--export-path",
+            str(export),
+            "--force",
         ]
         # The archiver stages in $TMPDIR/<model name>: give it a private one.
         subprocess.run(command, check=True, env={**os.environ, "TMPDIR": tmp})
@@ -150,15 +198,19 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--export-path", default="model_store", help="where the .mar goes (default: model_store)")
     common.add_argument("--batch-size", type=int, default=8, help="TorchServe batchSize (default 8)")
     common.add_argument("--max-batch-delay", type=int, default=50, help="ms to wait for a batch to fill (default 50)")
-    common.add_argument("--workers", type=int,
-                        help="min = max workers (default: the server's default_workers_per_model, one per core)")
-    common.add_argument("--torch-threads", type=int,
-                        help="torch threads per worker (default: OMP_NUM_THREADS if set, else 1)")
+    common.add_argument(
+        "--workers", type=int, help="min = max workers (default: the server's default_workers_per_model, one per core)"
+    )
+    common.add_argument(
+        "--torch-threads", type=int, help="torch threads per worker (default: OMP_NUM_THREADS if set, else 1)"
+    )
     common.add_argument("--response-timeout", type=int, default=120, help="seconds (default 120)")
     common.add_argument("--target-layer", help="module name to explain (default: discovered)")
     common.add_argument("--method", default="gradcam", help="default method: gradcam, guided_gradcam or none")
     common.add_argument("--top-k", type=int, default=3, help="predictions returned by default (default 3)")
-    common.add_argument("--top-k-explanations", type=int, default=1, help="top classes explained by default (default 1)")
+    common.add_argument(
+        "--top-k-explanations", type=int, default=1, help="top classes explained by default (default 1)"
+    )
     common.add_argument("--format", default="grid", help="default format: grid, png, overlay or raw")
     common.add_argument("--size", default="feature", help="default map size for grid/png: feature or input")
     common.add_argument("--max-image-pixels", type=int, default=40_000_000, help="refuse larger images (413)")
@@ -174,7 +226,7 @@ def parser() -> argparse.ArgumentParser:
     custom.add_argument("--model-class", help="class name, if the file defines several modules")
     custom.add_argument("--model-kwargs", help="JSON object of constructor arguments")
     custom.add_argument("--weights", required=True, help="state_dict file (.pth)")
-    custom.add_argument("--labels", required=True, help="JSON list / {\"0\": name} / one label per line")
+    custom.add_argument("--labels", required=True, help='JSON list / {"0": name} / one label per line')
     custom.add_argument("--input-size", type=int, required=True, help="square input side the model expects")
     custom.add_argument("--resize", type=int, help="resize the shorter side to this, then centre-crop --input-size")
     custom.add_argument("--mean", type=float, nargs=3, default=[0.485, 0.456, 0.406])

@@ -63,7 +63,9 @@ def _file_model(spec: dict[str, Any], model_dir: str) -> nn.Module:
     chosen = [c for c in classes if c.__name__ == wanted] if wanted else classes
     if len(chosen) != 1:
         names = ", ".join(c.__name__ for c in classes) or "none"
-        raise ModelLoadError(f"model file {spec['file']!r} must define one nn.Module class (or name it with 'class'); found: {names}")
+        raise ModelLoadError(
+            f"model file {spec['file']!r} must define one nn.Module class (or name it with 'class'); found: {names}"
+        )
     return chosen[0](**dict(spec.get("kwargs") or {}))
 
 
@@ -73,7 +75,7 @@ def read_state_dict(path: str, device: torch.device) -> dict[str, torch.Tensor]:
         raise ModelLoadError(f"weights file {os.path.basename(path)!r} is missing from the MAR")
     try:
         state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - unpickling raises many types; all mean 'refused'
         raise ModelLoadError(
             f"weights file {os.path.basename(path)!r} was refused by torch.load(weights_only=True) "
             f"(a pickled object instead of a state_dict, or a corrupt file): {str(error).splitlines()[0]}"
@@ -112,12 +114,12 @@ def read_labels(path: str, num_classes: int) -> list[str]:
     with open(path, encoding="utf-8") as handle:
         mapping = json.load(handle)
     if not isinstance(mapping, dict):
-        raise ModelLoadError("index_to_name.json must be an object {\"0\": \"label\", ...}")
+        raise ModelLoadError('index_to_name.json must be an object {"0": "label", ...}')
     labels = [mapping.get(str(i)) for i in range(num_classes)]
     names = [label[-1] if isinstance(label, list) else label for label in labels]  # ImageNet style ["n0..", "name"]
     if len(mapping) != num_classes or any(not isinstance(n, str) for n in names):
         raise ModelLoadError(
             f"index_to_name.json has {len(mapping)} labels but the model outputs {num_classes} classes "
-            f"(keys must be \"0\"..\"{num_classes - 1}\")"
+            f'(keys must be "0".."{num_classes - 1}")'
         )
     return names

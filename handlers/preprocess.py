@@ -62,7 +62,9 @@ class Preprocessor:
             width, height = image.size
             short = min(width, height)
             if max(width, height) > _MAX_ASPECT * short:
-                image = TF.center_crop(image, [min(height, int(_MAX_ASPECT * short)), min(width, int(_MAX_ASPECT * short))])
+                image = TF.center_crop(
+                    image, [min(height, int(_MAX_ASPECT * short)), min(width, int(_MAX_ASPECT * short))]
+                )
             image = TF.resize(image, spec.resize, interpolation=self.interpolation, antialias=True)
         else:
             image = TF.resize(image, list(spec.resize), interpolation=self.interpolation, antialias=True)

@@ -23,7 +23,7 @@ def pytest_configure(config) -> None:
     torch.set_num_threads(1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _random_model(arch: str) -> torch.nn.Module:
     torch.manual_seed(0)
     kwargs = {"aux_logits": False, "init_weights": True} if arch in ("googlenet", "inception_v3") else {}
@@ -36,7 +36,7 @@ def random_model():
     return _random_model
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _explainer(arch: str, size: int):
     from handlers.engine import Explainer
 

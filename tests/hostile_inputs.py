@@ -40,6 +40,7 @@ def texture(width: int, height: int, seed: int = 0) -> Image.Image:
 
 def png_bomb(width: int, height: int) -> bytes:
     """A valid PNG header announcing ``width`` x ``height`` pixels with a tiny compressed body."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -81,7 +82,11 @@ def corpus(max_image_pixels: int) -> list[Case]:
         Case("very wide image", encode(texture(4000, 10), "PNG"), 200),
         Case("very tall image", encode(texture(10, 4000), "PNG"), 200),
         Case("grayscale", encode(good.convert("L"), "PNG"), 200),
-        Case("16-bit grayscale", encode(Image.fromarray((np.arange(120 * 160, dtype=np.uint16) * 3).reshape(120, 160)), "PNG"), 200),
+        Case(
+            "16-bit grayscale",
+            encode(Image.fromarray((np.arange(120 * 160, dtype=np.uint16) * 3).reshape(120, 160)), "PNG"),
+            200,
+        ),
         Case("palette", encode(good.convert("P"), "PNG"), 200),
         Case("RGBA", encode(good.convert("RGBA"), "PNG"), 200),
         Case("LA", encode(good.convert("LA"), "PNG"), 200),

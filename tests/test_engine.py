@@ -37,9 +37,18 @@ def test_discovers_last_spatial_block(explainer_for, arch, layer):
     assert explainer_for(arch, SIDE).layer_name == layer
 
 
-@pytest.mark.parametrize("arch,cam", [("resnet18", True), ("googlenet", True), ("efficientnet_b0", True),
-                                      ("densenet121", False), ("vgg11_bn", False), ("mobilenet_v3_small", False),
-                                      ("squeezenet1_1", False)])
+@pytest.mark.parametrize(
+    "arch,cam",
+    [
+        ("resnet18", True),
+        ("googlenet", True),
+        ("efficientnet_b0", True),
+        ("densenet121", False),
+        ("vgg11_bn", False),
+        ("mobilenet_v3_small", False),
+        ("squeezenet1_1", False),
+    ],
+)
 def test_cam_fast_path_only_for_pool_linear_heads(explainer_for, arch, cam):
     assert explainer_for(arch, SIDE).uses_cam_fast_path is cam
 
@@ -67,7 +76,7 @@ def test_batch_gives_the_same_maps_as_one_by_one(explainer_for):
         (alone,) = explainer.explain(x[i : i + 1], [job])
         assert torch.allclose(together[i].probabilities, alone.probabilities, atol=1e-6)
         assert [e.target for e in together[i].explanations] == [e.target for e in alone.explanations]
-        for a, b in zip(together[i].explanations, alone.explanations):
+        for a, b in zip(together[i].explanations, alone.explanations, strict=True):
             assert rel_error(a.values, b.values) < 1e-4
 
 
@@ -166,7 +175,7 @@ def test_explicit_middle_layer_is_explained_at_its_resolution(random_model):
 
 def test_out_of_range_target_and_unknown_method_raise(explainer_for):
     explainer = explainer_for("resnet18", SIDE)
-    with pytest.raises(ValueError, match="outside 0..999"):
+    with pytest.raises(ValueError, match=r"outside 0\.\.999"):
         explainer.explain(images(1), [Job("gradcam", (1000,))])
     with pytest.raises(ValueError, match="unknown method 'lime'"):
         explainer.explain(images(1), [Job("lime")])

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_handler import build_custom_mar, image_bytes
+from torchserve_fakes import load_context, unpack_mar, with_requests
 
 from handlers.engine import Explainer, Job
 from handlers.serving.handler import GradCamHandler
-from test_handler import build_custom_mar, image_bytes
-from torchserve_fakes import load_context, unpack_mar, with_requests
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (no GPU on this machine)")
 
@@ -30,6 +30,8 @@ def test_handler_uses_the_assigned_gpu_id(tmp_path):
     handler.initialize(context)
     assert handler.device == torch.device("cuda", gpu_id)
     assert all(p.device == handler.device for p in handler.model.parameters())
-    output = handler.handle([{"body": bytearray(image_bytes(1))}, {"body": bytearray(image_bytes(2))}],
-                            with_requests(context, [{}, {"X-Explain-Method": "guided_gradcam"}]))
+    output = handler.handle(
+        [{"body": bytearray(image_bytes(1))}, {"body": bytearray(image_bytes(2))}],
+        with_requests(context, [{}, {"X-Explain-Method": "guided_gradcam"}]),
+    )
     assert [context.get_response_status(i)[0] for i in range(2)] == [200, 200] and len(output) == 2

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchserve_fakes import load_context, unpack_mar, with_requests
 
 from handlers.archive import main as archive_main
 from handlers.serving.handler import GradCamHandler
-from torchserve_fakes import load_context, unpack_mar, with_requests
 
-TINY_NET = '''
+TINY_NET = """
 import torch
 from torch import nn
 
@@ -34,13 +34,14 @@ class TinyNet(nn.Module):
 
     def forward(self, x):
         return self.fc(self.pool(self.features(x)).flatten(1))
-'''
+"""
 LABELS = ["cat", "dog", "bird"]
 SIDE = 32
 
 
-def build_custom_mar(directory: Path, *extra: str, source: str = TINY_NET, labels: list[str] = LABELS,
-                     side: int = SIDE) -> Path:
+def build_custom_mar(
+    directory: Path, *extra: str, source: str = TINY_NET, labels: list[str] = LABELS, side: int = SIDE
+) -> Path:
     """A MAR of the ``TinyNet`` class in ``source`` (seeded random weights), built by our CLI."""
     (directory / "tiny_net.py").write_text(source)
     namespace: dict = {}
@@ -48,10 +49,24 @@ def build_custom_mar(directory: Path, *extra: str, source: str = TINY_NET, label
     torch.manual_seed(0)
     torch.save(namespace["TinyNet"](len(labels)).state_dict(), directory / "tiny.pth")
     (directory / "labels.txt").write_text("\n".join(labels))
-    archive_main([
-        "custom", "--name", "tiny", "--model-file", str(directory / "tiny_net.py"), "--weights", str(directory / "tiny.pth"),
-        "--labels", str(directory / "labels.txt"), "--input-size", str(side), "--export-path", str(directory), *extra,
-    ])
+    archive_main(
+        [
+            "custom",
+            "--name",
+            "tiny",
+            "--model-file",
+            str(directory / "tiny_net.py"),
+            "--weights",
+            str(directory / "tiny.pth"),
+            "--labels",
+            str(directory / "labels.txt"),
+            "--input-size",
+            str(side),
+            "--export-path",
+            str(directory),
+            *extra,
+        ]
+    )
     return directory / "tiny.mar"
 
 
@@ -111,7 +126,10 @@ def test_mixed_batch_answers_each_request_on_its_own(handler):
         assert abs(sum(probabilities) - 1) < 1e-3
     (gradcam,) = bodies[0]["explanations"]
     assert gradcam["method"] == "gradcam" and gradcam["layer"] == "features"
-    assert gradcam["target"] == {"index": bodies[0]["predictions"][0]["index"], "label": bodies[0]["predictions"][0]["label"]}
+    assert gradcam["target"] == {
+        "index": bodies[0]["predictions"][0]["index"],
+        "label": bodies[0]["predictions"][0]["label"],
+    }
     heatmap = np.array(gradcam["heatmap"])
     assert gradcam["shape"] == [SIDE // 2, SIDE // 2] == list(heatmap.shape)
     assert heatmap.min() >= 0 and heatmap.max() == 1.0
@@ -130,7 +148,9 @@ def test_explain_header_is_read_per_request(handler):
     good = bytearray(image_bytes(3))
     handler.option_parser._default_fields["method"] = "none"  # a model whose default is prediction only
     try:
-        statuses, bodies, _ = run_batch(handler, [{"body": good}, {"body": good}], [{"explain": "False"}, {"explain": "True"}])
+        statuses, bodies, _ = run_batch(
+            handler, [{"body": good}, {"body": good}], [{"explain": "False"}, {"explain": "True"}]
+        )
     finally:
         handler.option_parser._default_fields["method"] = "gradcam"
     assert statuses == [200, 200]
@@ -144,19 +164,25 @@ def test_options_from_headers_and_several_targets(handler):
     _, bodies, _ = run_batch(handler, [{"body": good}, {"body": good}], headers)
     assert [e["target"]["label"] for e in bodies[0]["explanations"]] == ["dog", "cat"]
     assert len(bodies[0]["predictions"]) == 1
-    assert [e["target"]["index"] for e in bodies[1]["explanations"]] == [p["index"] for p in bodies[1]["predictions"][:2]]
+    assert [e["target"]["index"] for e in bodies[1]["explanations"]] == [
+        p["index"] for p in bodies[1]["predictions"][:2]
+    ]
 
 
 def test_formats(handler):
     good = bytearray(image_bytes(5))
-    rows = [{"body": {"data": base64.b64encode(good).decode(), "format": fmt, "size": size}}
-            for fmt, size in (("png", "feature"), ("overlay", "feature"), ("raw", "feature"), ("grid", "input"))]
+    rows = [
+        {"body": {"data": base64.b64encode(good).decode(), "format": fmt, "size": size}}
+        for fmt, size in (("png", "feature"), ("overlay", "feature"), ("raw", "feature"), ("grid", "input"))
+    ]
     statuses, bodies, _ = run_batch(handler, rows)
     assert statuses == [200] * 4
     png = Image.open(io.BytesIO(base64.b64decode(bodies[0]["explanations"][0]["png"])))
     assert png.mode == "L" and png.size == (SIDE // 2, SIDE // 2)
     overlay = Image.open(io.BytesIO(base64.b64decode(bodies[1]["explanations"][0]["png"])))
-    assert overlay.mode == "RGB" and overlay.size == (SIDE, SIDE) and bodies[1]["explanations"][0]["shape"] == [SIDE, SIDE]
+    assert (
+        overlay.mode == "RGB" and overlay.size == (SIDE, SIDE) and bodies[1]["explanations"][0]["shape"] == [SIDE, SIDE]
+    )
     raw = bodies[2]["explanations"][0]
     assert raw["max"] == pytest.approx(np.max(raw["values"]), rel=1e-5) and raw["min"] >= 0 and "heatmap" not in raw
     assert np.array(bodies[3]["explanations"][0]["heatmap"]).shape == (SIDE, SIDE)
@@ -172,11 +198,19 @@ def test_handler_reports_its_time(handler):
     assert any(name == "HandlerTime" and value > 0 for name, value, _ in context.metrics.times)
 
 
-@pytest.mark.parametrize(("flags", "logged"), [
-    (("--target-layer", "features.9"), ["model tiny failed to load: target layer 'features.9' does not exist",
-                                        "candidates (last first): features"]),
-    (("--torch-threads", "0"), ["'gradcam.torch_threads' must be a whole number >= 1, got 0"]),
-])
+@pytest.mark.parametrize(
+    ("flags", "logged"),
+    [
+        (
+            ("--target-layer", "features.9"),
+            [
+                "model tiny failed to load: target layer 'features.9' does not exist",
+                "candidates (last first): features",
+            ],
+        ),
+        (("--torch-threads", "0"), ["'gradcam.torch_threads' must be a whole number >= 1, got 0"]),
+    ],
+)
 def test_bad_model_config_fails_the_load_with_a_clear_log(tmp_path, caplog, flags, logged):
     context = custom_context(tmp_path, *flags)
     with caplog.at_level(logging.ERROR), pytest.raises(ValueError):
@@ -185,11 +219,14 @@ def test_bad_model_config_fails_the_load_with_a_clear_log(tmp_path, caplog, flag
         assert line in caplog.text
 
 
-@pytest.mark.parametrize(("flag", "omp", "expected"), [
-    ((), None, 1),                      # TorchServe runs a worker per core: one thread each
-    ((), "3", 3),                       # the operator's OMP_NUM_THREADS is kept
-    (("--torch-threads", "2"), "3", 2),  # the MAR's setting wins over both
-])
+@pytest.mark.parametrize(
+    ("flag", "omp", "expected"),
+    [
+        ((), None, 1),  # TorchServe runs a worker per core: one thread each
+        ((), "3", 3),  # the operator's OMP_NUM_THREADS is kept
+        (("--torch-threads", "2"), "3", 2),  # the MAR's setting wins over both
+    ],
+)
 def test_worker_torch_threads(tmp_path, monkeypatch, flag, omp, expected):
     context = custom_context(tmp_path, *flag)
     if omp is None:
@@ -228,4 +265,3 @@ def test_refused_requests_leave_no_reference_cycles(handler):
         assert gc.collect() == 0
     finally:
         gc.enable()
-

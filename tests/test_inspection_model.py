@@ -26,12 +26,12 @@ def _rendered(kind: str, count: int = 6, seed: int = 3) -> list:
 def test_dataset_is_deterministic_for_a_seed() -> None:
     first, second, other = make_dataset(9, seed=7), make_dataset(9, seed=7), make_dataset(9, seed=8)
     assert [s.kind for s in first] == [s.kind for s in second]
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(a.image, b.image)
         assert a.masks.keys() == b.masks.keys()
         for name in a.masks:
             np.testing.assert_array_equal(a.masks[name], b.masks[name])
-    assert any(not np.array_equal(a.image, c.image) for a, c in zip(first, other))
+    assert any(not np.array_equal(a.image, c.image) for a, c in zip(first, other, strict=True))
 
 
 @pytest.mark.parametrize("n", [30, 31, 32])

@@ -33,7 +33,7 @@ def test_non_state_dict_and_missing_file(tmp_path):
     torch.save({"epoch": 3}, tmp_path / "ckpt.pth")
     with pytest.raises(ModelLoadError, match="not a state_dict"):
         read_state_dict(str(tmp_path / "ckpt.pth"), CPU)
-    with pytest.raises(ModelLoadError, match="'nothing.pth' is missing from the MAR"):
+    with pytest.raises(ModelLoadError, match=r"'nothing\.pth' is missing from the MAR"):
         read_state_dict(str(tmp_path / "nothing.pth"), CPU)
 
 

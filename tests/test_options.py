@@ -100,5 +100,5 @@ def test_long_label_lists_are_shortened_in_messages():
 
 
 def test_invalid_model_defaults_fail_at_load():
-    with pytest.raises(ValueError, match="invalid 'gradcam.defaults'.*'method'"):
+    with pytest.raises(ValueError, match=r"invalid 'gradcam\.defaults'.*'method'"):
         parser(method="lime")

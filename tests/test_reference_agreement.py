@@ -29,22 +29,36 @@ TOLERANCE = 1e-4  # largest |difference| of min-max normalised maps
 GUIDED_NOT_COMPARABLE = {"googlenet", "densenet121"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _agreement(subject: str) -> Agreement:
     return agreement(subject)
 
 
 def test_the_issue_architectures_are_all_covered():
-    required = {"resnet50", "googlenet", "densenet121", "squeezenet1_1", "vgg16_bn", "mobilenet_v3_large",
-                "efficientnet_b0", "convnext_tiny", "regnet_y_400mf", "inspection"}
+    required = {
+        "resnet50",
+        "googlenet",
+        "densenet121",
+        "squeezenet1_1",
+        "vgg16_bn",
+        "mobilenet_v3_large",
+        "efficientnet_b0",
+        "convnext_tiny",
+        "regnet_y_400mf",
+        "inspection",
+    }
     assert required <= set(SUBJECTS)
 
 
 @pytest.mark.parametrize("subject", SUBJECTS)
 def test_maps_equal_the_references_at_batch_1_and_8(subject):
     result = _agreement(subject)
-    expected = {("Captum LayerGradCam", 1), ("Captum LayerGradCam", 8),
-                ("pytorch-grad-cam GradCAM", 1), ("pytorch-grad-cam GradCAM", 8)}
+    expected = {
+        ("Captum LayerGradCam", 1),
+        ("Captum LayerGradCam", 8),
+        ("pytorch-grad-cam GradCAM", 1),
+        ("pytorch-grad-cam GradCAM", 8),
+    }
     if subject not in GUIDED_NOT_COMPARABLE:
         expected |= {("Captum GuidedGradCam", 1), ("Captum GuidedGradCam", 8)}
     assert {(c.reference, c.batch) for c in result.comparisons} == expected

@@ -6,10 +6,10 @@ import base64
 import itertools
 
 import pytest
-
-from handlers.serving.handler import GradCamHandler
 from test_handler import build_custom_mar, image_bytes
 from torchserve_fakes import load_context, unpack_mar, with_requests
+
+from handlers.serving.handler import GradCamHandler
 
 # A 224 px model with a 7x7 feature map (stride 32) and 10 classes, like an ImageNet CNN.
 NET_224 = """
@@ -51,8 +51,13 @@ def test_default_answer_is_under_2_kb(handler):
     assert answer_size(handler, {}) < 2048
 
 
-@pytest.mark.parametrize("method,fmt,size", itertools.product(
-    ["gradcam", "guided_gradcam"], ["grid", "png", "overlay", "raw"], ["feature", "input"]))
+@pytest.mark.parametrize(
+    "method,fmt,size",
+    itertools.product(["gradcam", "guided_gradcam"], ["grid", "png", "overlay", "raw"], ["feature", "input"]),
+)
 def test_no_option_reaches_max_response_size_even_with_the_most_targets(handler, method, fmt, size):
     most = handler.config.max_targets
-    assert answer_size(handler, {"method": method, "format": fmt, "size": size, "top_k_explanations": most}) < TORCHSERVE_MAX_RESPONSE
+    assert (
+        answer_size(handler, {"method": method, "format": fmt, "size": size, "top_k_explanations": most})
+        < TORCHSERVE_MAX_RESPONSE
+    )

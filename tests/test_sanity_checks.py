@@ -51,5 +51,5 @@ def test_the_trained_model_is_left_untouched():
     model = default_model()
     reference = default_model()
     randomisation_test(model, held_out_images(2, seed=TEST_SEED, kinds=("dent",)), methods=("gradcam",))
-    for a, b in zip(model.state_dict().values(), reference.state_dict().values()):
+    for a, b in zip(model.state_dict().values(), reference.state_dict().values(), strict=True):
         assert torch.equal(a, b)

@@ -37,8 +37,16 @@ def load_context(model_dir: Path, model_name: str = "model", gpu: int | None = N
     manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())
     config_file = manifest["model"].get("configFile")
     yaml_config = yaml.safe_load((model_dir / config_file).read_text()) if config_file else {}
-    return Context(model_name, str(model_dir), manifest, yaml_config.get("batchSize", 1), gpu, "0.12.0",
-                   metrics=RecordingMetrics(), model_yaml_config=yaml_config)
+    return Context(
+        model_name,
+        str(model_dir),
+        manifest,
+        yaml_config.get("batchSize", 1),
+        gpu,
+        "0.12.0",
+        metrics=RecordingMetrics(),
+        model_yaml_config=yaml_config,
+    )
 
 
 def with_requests(context: Context, headers: list[dict[str, str]]) -> Context:

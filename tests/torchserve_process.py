@@ -28,15 +28,25 @@ def free_port() -> int:
 
 def read_properties(path: Path) -> dict[str, str]:
     """key=value lines of a Java properties file (comments and blanks skipped)."""
-    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and not line.lstrip().startswith("#"))
+    pairs = (
+        line.split("=", 1)
+        for line in path.read_text().splitlines()
+        if "=" in line and not line.lstrip().startswith("#")
+    )
     return {key.strip(): value.strip() for key, value in pairs}
 
 
 class TorchServe:
     """One TorchServe instance serving ``models`` ({name: mar file name}) from ``model_store``."""
 
-    def __init__(self, model_store: Path, models: dict[str, str], workdir: Path, config: dict[str, str] | None = None,
-                 base_config: Path | None = None) -> None:
+    def __init__(
+        self,
+        model_store: Path,
+        models: dict[str, str],
+        workdir: Path,
+        config: dict[str, str] | None = None,
+        base_config: Path | None = None,
+    ) -> None:
         """``base_config``: a config.properties to start from (default: no token, 1 worker);
         its addresses are always replaced by free loopback ports; ``config`` overrides last."""
         self.model_store = model_store
@@ -44,12 +54,20 @@ class TorchServe:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.ports = {"inference": free_port(), "management": free_port(), "metrics": free_port()}
-        settings = read_properties(base_config) if base_config else {
-            "disable_token_authorization": "true", "default_workers_per_model": "1"}
+        settings = (
+            read_properties(base_config)
+            if base_config
+            else {"disable_token_authorization": "true", "default_workers_per_model": "1"}
+        )
         settings.update({f"{kind}_address": f"http://127.0.0.1:{port}" for kind, port in self.ports.items()})
         # gRPC ports and worker sockets must not collide with another server either.
-        settings.update({"grpc_inference_port": str(free_port()), "grpc_management_port": str(free_port()),
-                         "initial_worker_port": str(free_port())})
+        settings.update(
+            {
+                "grpc_inference_port": str(free_port()),
+                "grpc_management_port": str(free_port()),
+                "initial_worker_port": str(free_port()),
+            }
+        )
         settings.update(config or {})
         self.config_path = workdir / "config.properties"
         self.config_path.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
@@ -63,13 +81,22 @@ class TorchServe:
         logs = self.workdir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "LOG_LOCATION": str(logs), "METRICS_LOCATION": str(logs), "TMPDIR": str(self.workdir)}
-        command = [str(TORCHSERVE), "--start", "--foreground", "--ncs", "--model-store", str(self.model_store),
-                   "--ts-config", str(self.config_path)]
+        command = [
+            str(TORCHSERVE),
+            "--start",
+            "--foreground",
+            "--ncs",
+            "--model-store",
+            str(self.model_store),
+            "--ts-config",
+            str(self.config_path),
+        ]
         if self.models:
             command += ["--models", *(f"{name}={mar}" for name, mar in self.models.items())]
-        self.console = open(self.workdir / "console.log", "wb")
-        self.process = subprocess.Popen(command, cwd=self.workdir, env=env, stdout=self.console,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        self.console = open(self.workdir / "console.log", "wb")  # noqa: SIM115 - closed by stop()
+        self.process = subprocess.Popen(
+            command, cwd=self.workdir, env=env, stdout=self.console, stderr=subprocess.STDOUT, start_new_session=True
+        )
         if wait_ready:
             self.wait_ready(timeout)
         return self

@@ -75,7 +75,11 @@ class ExplainClient:
         """The server's answer for one image; raises ApiError on any failure."""
         try:
             answer = self._session().post(
-                self.endpoint, files={"data": (filename, image)}, data=fields, headers=self.headers, timeout=self.timeout
+                self.endpoint,
+                files={"data": (filename, image)},
+                data=fields,
+                headers=self.headers,
+                timeout=self.timeout,
             )
         except requests.Timeout:
             raise ApiError(f"no answer from {self.endpoint} within {self.timeout:g} s") from None

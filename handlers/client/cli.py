@@ -34,21 +34,37 @@ def parser() -> argparse.ArgumentParser:
         prog="torchserve-gradcam",
         description="Send images to TorchServe; save Grad-CAM overlays, the JSON answers and optional contact sheets.",
     )
-    cli.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files and/or folders (scanned recursively)")
-    cli.add_argument("--url", default="http://127.0.0.1:8080", help="TorchServe inference address (default %(default)s)")
+    cli.add_argument(
+        "paths", nargs="+", type=Path, metavar="PATH", help="image files and/or folders (scanned recursively)"
+    )
+    cli.add_argument(
+        "--url", default="http://127.0.0.1:8080", help="TorchServe inference address (default %(default)s)"
+    )
     cli.add_argument("--model", default="inspection", help="model name (default %(default)s)")
     cli.add_argument("--method", choices=METHODS, default="gradcam", help="explanation method (default %(default)s)")
-    cli.add_argument("--target", action="append", default=[], metavar="LABEL|INDEX",
-                     help="class(es) to explain, repeatable or comma-separated (default: the top prediction)")
+    cli.add_argument(
+        "--target",
+        action="append",
+        default=[],
+        metavar="LABEL|INDEX",
+        help="class(es) to explain, repeatable or comma-separated (default: the top prediction)",
+    )
     cli.add_argument("--top-k", type=_positive, help="predictions per image (default: the model's own)")
     auth = cli.add_mutually_exclusive_group()
     auth.add_argument("--token", help="TorchServe inference key (token authorization on)")
     auth.add_argument("--key-file", type=Path, help="TorchServe's key_file.json: its inference key is used")
-    cli.add_argument("--concurrency", type=_positive, default=4, help="requests in flight at once (default %(default)s)")
-    cli.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for one answer (default %(default)s)")
+    cli.add_argument(
+        "--concurrency", type=_positive, default=4, help="requests in flight at once (default %(default)s)"
+    )
+    cli.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds to wait for one answer (default %(default)s)"
+    )
     cli.add_argument("--out", type=Path, default=Path("explanations"), help="output folder (default ./%(default)s)")
-    cli.add_argument("--sheet", action="store_true",
-                     help="also write <stem>.sheet.png: input | probabilities | Grad-CAM | Guided Grad-CAM")
+    cli.add_argument(
+        "--sheet",
+        action="store_true",
+        help="also write <stem>.sheet.png: input | probabilities | Grad-CAM | Guided Grad-CAM",
+    )
     cli.add_argument("-v", "--verbose", action="store_true", help="log every request")
     return cli
 
@@ -74,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit status."""
     cli = parser()
     args = cli.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         token = read_key_file(args.key_file) if args.key_file else args.token
         images = collect(args.paths)

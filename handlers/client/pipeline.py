@@ -31,7 +31,9 @@ class Request:
     targets: tuple[str, ...] = ()
     top_k: int | None = None
 
-    def fields(self, method: str | None = None, targets: tuple[str, ...] | None = None, fmt: str = "overlay") -> dict[str, str]:
+    def fields(
+        self, method: str | None = None, targets: tuple[str, ...] | None = None, fmt: str = "overlay"
+    ) -> dict[str, str]:
         """Multipart option fields, with ``method``/``targets`` overridden where given."""
         fields = {"method": method or self.method, "format": fmt}
         chosen = self.targets if targets is None else targets
@@ -122,8 +124,11 @@ class Pipeline:
         from .sheet import Panels, render_sheet  # imports torch (through handlers.render): only for --sheet
 
         explanations = answer.get("explanations", [])
-        target = explanations[0]["target"] if explanations else {
-            "index": answer["predictions"][0]["index"], "label": answer["predictions"][0]["label"]}
+        target = (
+            explanations[0]["target"]
+            if explanations
+            else {"index": answer["predictions"][0]["index"], "label": answer["predictions"][0]["label"]}
+        )
         pinned = (str(target["index"]),)
         if self.request.method == "gradcam" and overlays:
             gradcam = overlays[0]

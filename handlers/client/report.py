@@ -56,7 +56,10 @@ def summary(results: Sequence[Result], root: Path, out_dir: Path) -> str:
     """The table (one row per image, in input order) and a closing count line."""
     rows = [HEADER, *(_row(result, root) for result in results)]
     widths = [max(len(row[column]) for row in rows) for column in range(len(HEADER) - 1)]
-    lines = ["  ".join([*(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)), row[-1]]).rstrip() for row in rows]
+    lines = [
+        "  ".join([*(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)), row[-1]]).rstrip()
+        for row in rows
+    ]
     failed = sum(not result.ok for result in results)
     lines.append(f"{len(results)} image(s): {len(results) - failed} ok, {failed} failed; outputs in {out_dir}")
     return "\n".join(lines)

@@ -81,13 +81,16 @@ def probability_bars(predictions: Sequence[dict[str, Any]]) -> Image.Image:
         top = position * row + (PANEL - row * len(rows)) // 2
         middle = top + row // 2
         probability = min(max(float(prediction["probability"]), 0.0), 1.0)
-        draw.text((2, middle), _fit(str(prediction["label"]), draw, font, label_width - 6), fill=INK, font=font, anchor="lm")
+        draw.text(
+            (2, middle), _fit(str(prediction["label"]), draw, font, label_width - 6), fill=INK, font=font, anchor="lm"
+        )
         left, height = label_width, max(6, row * 6 // 10)
         draw.rectangle((left, middle - height // 2, left + bar_width, middle + height // 2), fill=TRACK)
         filled = round(bar_width * probability)
         if filled:
             draw.rectangle(
-                (left, middle - height // 2, left + filled, middle + height // 2), fill=TOP_BAR if position == 0 else BAR
+                (left, middle - height // 2, left + filled, middle + height // 2),
+                fill=TOP_BAR if position == 0 else BAR,
             )
         draw.text((PANEL - 2, middle), f"{probability:.1%}", fill=INK, font=font, anchor="rm")
     return panel
@@ -108,10 +111,20 @@ def render_sheet(panels: Panels) -> Image.Image:
     title_font, caption_font = _font(15), _font(12)
     for column, (title, picture) in enumerate(pictures):
         left = MARGIN + column * (PANEL + MARGIN)
-        draw.text((left + PANEL // 2, MARGIN + TITLE // 2), _fit(title, draw, title_font, PANEL), fill=INK,
-                  font=title_font, anchor="mm")
+        draw.text(
+            (left + PANEL // 2, MARGIN + TITLE // 2),
+            _fit(title, draw, title_font, PANEL),
+            fill=INK,
+            font=title_font,
+            anchor="mm",
+        )
         sheet.paste(picture, (left, MARGIN + TITLE))
         draw.rectangle((left - 1, MARGIN + TITLE - 1, left + PANEL, MARGIN + TITLE + PANEL), outline=(200, 200, 200))
-    draw.text((MARGIN, MARGIN + TITLE + PANEL + FOOTER // 2 + 2), _fit(panels.title, draw, caption_font, width - 2 * MARGIN),
-              fill=(90, 90, 90), font=caption_font, anchor="lm")
+    draw.text(
+        (MARGIN, MARGIN + TITLE + PANEL + FOOTER // 2 + 2),
+        _fit(panels.title, draw, caption_font, width - 2 * MARGIN),
+        fill=(90, 90, 90),
+        font=caption_font,
+        anchor="lm",
+    )
     return sheet

@@ -8,4 +8,4 @@ from .explainer import Explainer, Explanation, Job, SampleResult
 from .layers import TargetLayerError
 from .methods import METHODS
 
-__all__ = ["Explainer", "Explanation", "Job", "SampleResult", "TargetLayerError", "METHODS"]
+__all__ = ["METHODS", "Explainer", "Explanation", "Job", "SampleResult", "TargetLayerError"]

@@ -104,13 +104,18 @@ class Explainer:
                 raise ValueError(f"unknown method {job.method!r}; valid: {', '.join(METHODS)}")
             self.check_targets(job.targets)
         images = images.to(self.device)
-        groups = {name: [i for i, job in enumerate(jobs) if job.method == name] for name in dict.fromkeys(j.method for j in jobs)}
+        groups = {
+            name: [i for i, job in enumerate(jobs) if job.method == name]
+            for name in dict.fromkeys(j.method for j in jobs)
+        }
         if len(groups) == 1:  # the usual case: no copy of the batch
             (name,) = groups
             return self._run_group(METHODS[name], images, list(jobs))
         results: list[SampleResult | None] = [None] * len(jobs)
         for name, rows in groups.items():
-            for i, result in zip(rows, self._run_group(METHODS[name], images[rows], [jobs[i] for i in rows])):
+            for i, result in zip(
+                rows, self._run_group(METHODS[name], images[rows], [jobs[i] for i in rows]), strict=True
+            ):
                 results[i] = result
         return [r for r in results if r is not None]
 
@@ -126,6 +131,6 @@ class Explainer:
         probabilities = torch.softmax(logits.float(), dim=1)
         results = [SampleResult(p) for p in probabilities]
         if maps is not None:
-            for row, target, values in zip(slots.rows.tolist(), slots.targets.tolist(), maps.detach()):
+            for row, target, values in zip(slots.rows.tolist(), slots.targets.tolist(), maps.detach(), strict=True):
                 results[row].explanations.append(Explanation(method.name, target, values))
         return results

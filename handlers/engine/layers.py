@@ -72,9 +72,9 @@ def spatial_candidates(records: list[LayerRecord]) -> list[str]:
     """Names of modules producing an N x C x H x W map (H*W > 1), last first, unique."""
     names: list[str] = []
     for record in reversed(records):
-        if _is_spatial(record) and not isinstance(record.module, _SKIPPED_TYPES):
-            if record.name not in names:
-                names.append(record.name)
+        usable = _is_spatial(record) and not isinstance(record.module, _SKIPPED_TYPES)
+        if usable and record.name not in names:
+            names.append(record.name)
     return names
 
 

@@ -145,7 +145,7 @@ def compare_maps(reference: str, method: str, ours: torch.Tensor, theirs: torch.
         raise ValueError(f"{reference}: map shape {tuple(theirs.shape)} differs from ours {tuple(ours.shape)}")
     ours, theirs = ours.double(), theirs.double()
     errors, relative, degenerate = [0.0], [], 0
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=True):
         peak = float(b.abs().max())
         difference = float((a - b).abs().max())
         relative.append(difference / peak if peak > 0 else difference)  # an all-zero reference: absolute

@@ -88,9 +88,7 @@ def pick_examples(samples: Sequence[Sample], outcome: Localisation) -> list[Exam
     return examples
 
 
-def write_examples(
-    model: torch.nn.Module, examples: Sequence[Example], directory: Path
-) -> list[tuple[Path, Example]]:
+def write_examples(model: torch.nn.Module, examples: Sequence[Example], directory: Path) -> list[tuple[Path, Example]]:
     """Save one PNG per example under ``directory``; returns (path, example) pairs."""
     directory.mkdir(parents=True, exist_ok=True)
     explainer = Explainer(model, (INPUT_SIZE, INPUT_SIZE))

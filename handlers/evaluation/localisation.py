@@ -100,7 +100,7 @@ def score_defects(explainer: Explainer, samples: Sequence[Sample], indices: Sequ
     explained = [CLASSES[_DEFECT_TARGETS[int(r.probabilities[list(_DEFECT_TARGETS)].argmax())]] for r in cams]
     guided = _explain(explainer, images, [Job("guided_gradcam", (CLASSES.index(c),)) for c in explained])
     results = []
-    for index, sample, cam, target, guide in zip(indices, samples, cams, explained, guided):
+    for index, sample, cam, target, guide in zip(indices, samples, cams, explained, guided, strict=True):
         gradcam_map = _maps_by_class(cam)[target]
         guided_map = guide.explanations[0].values
         region = tolerance_region(sample.masks[sample.kind], tuple(gradcam_map.shape))
@@ -126,10 +126,10 @@ def score_mixed(explainer: Explainer, samples: Sequence[Sample], indices: Sequen
     images = to_tensor([s.image for s in samples])
     cams = _explain(explainer, images, [Job("gradcam", _DEFECT_TARGETS)] * len(samples))
     results = []
-    for index, sample, cam in zip(indices, samples, cams):
+    for index, sample, cam in zip(indices, samples, cams, strict=True):
         maps = _maps_by_class(cam)
         hits, confused = {}, {}
-        for defect, other in zip(DEFECTS, reversed(DEFECTS)):
+        for defect, other in zip(DEFECTS, reversed(DEFECTS), strict=True):
             grid = tuple(maps[defect].shape)
             hits[defect] = points_into(maps[defect], tolerance_region(sample.masks[defect], grid))
             confused[defect] = points_into(maps[defect], mask_to_grid(sample.masks[other], grid))

@@ -72,7 +72,7 @@ def agreement_section(results: Sequence[Agreement]) -> list[str]:
         "(each image's best-scoring class not taken by an earlier one). torchvision models have seeded random",
         "weights on seeded N(0, 1) inputs; the default model has its committed weights on held-out images.",
         "pytorch-grad-cam's cam is taken before its resize and min-max scaling (`get_cam_image`, then its ReLU).",
-        "Target: <= 1e-4. A map whose range is below 1e-3 of its peak counts as constant (\"const.\") and is",
+        'Target: <= 1e-4. A map whose range is below 1e-3 of its peak counts as constant ("const.") and is',
         "compared by raw relative error instead; none occurred where the column shows no count. The last column",
         "is the largest |ours - reference| / max |reference| over every map of the row, constant ones included.",
         "",
@@ -122,7 +122,7 @@ def agreement_section(results: Sequence[Agreement]) -> list[str]:
             "The column above runs it with in-place ReLUs made out of place (`agreement.OutOfPlaceReLU`: same values,",
             "same logits), which removes only that aliasing.",
         ]
-    return lines + [""]
+    return [*lines, ""]
 
 
 def _quartiles(values: Sequence[float]) -> str:
@@ -213,7 +213,7 @@ def sanity_section(steps: Sequence[Step], setup: Setup) -> list[str]:
         lines.append(f"| `{step.layer}` | " + " | ".join(cells) + " |")
     medians = {m: [step.median(m) for step in steps] for m in METHODS}
     worst = int(np.argmax(medians["gradcam"]))
-    gap = max(abs(a - b) for a, b in zip(medians["gradcam"], medians["guided_gradcam"]))
+    gap = max(abs(a - b) for a, b in zip(medians["gradcam"], medians["guided_gradcam"], strict=True))
     lines += [
         "",
         f"Grad-CAM: the largest median rho is {medians['gradcam'][worst]:.2f} (randomised down to "

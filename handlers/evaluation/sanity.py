@@ -124,7 +124,7 @@ def randomisation_test(model: nn.Module, images: torch.Tensor, methods: Sequence
         rho, constant = {}, {}
         for method in methods:
             randomised = _maps(model, size, images, targets, method)
-            rho[method] = np.array([_spearman(a, b) for a, b in zip(originals[method], randomised)])
+            rho[method] = np.array([_spearman(a, b) for a, b in zip(originals[method], randomised, strict=True)])
             constant[method] = sum(is_degenerate(b) for b in randomised)
         steps.append(Step(layer.name, rho, constant))
         medians = {m: round(steps[-1].median(m), 3) for m in methods}

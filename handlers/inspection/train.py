@@ -93,7 +93,9 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: Tr
 
 
 @torch.no_grad()
-def confusion_matrix(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 200) -> torch.Tensor:
+def confusion_matrix(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 200
+) -> torch.Tensor:
     """Eval-mode confusion counts: rows are true classes, columns predicted ones."""
     model.eval()
     predicted = torch.cat([model(chunk).argmax(1) for chunk in images.split(batch_size)])

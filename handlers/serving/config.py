@@ -30,7 +30,15 @@ class ServingConfig:
         section = (yaml_config or {}).get(CONFIG_KEY)
         if not isinstance(section, dict):
             raise ValueError(f"model-config YAML has no '{CONFIG_KEY}:' section (build the MAR with handlers.archive)")
-        unknown = set(section) - {"model", "input", "target_layer", "defaults", "max_image_pixels", "max_targets", "torch_threads"}
+        unknown = set(section) - {
+            "model",
+            "input",
+            "target_layer",
+            "defaults",
+            "max_image_pixels",
+            "max_targets",
+            "torch_threads",
+        }
         if unknown:
             raise ValueError(f"unknown key(s) in '{CONFIG_KEY}:' section: {', '.join(sorted(unknown))}")
         raw_input = dict(section.get("input") or {})

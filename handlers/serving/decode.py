@@ -70,6 +70,6 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         raise RequestError(422, f"image data is corrupt or truncated ({image.format}): {error}") from None
     try:
         image = ImageOps.exif_transpose(image)
-    except Exception:  # noqa: BLE001 - a broken EXIF block must not lose a readable image
+    except Exception:
         logger.warning("ignoring unreadable EXIF orientation", exc_info=True)
     return _to_rgb(image)

@@ -21,12 +21,12 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from ..engine import METHODS, Explainer, Job, SampleResult
 from ..models import build_model, read_labels, read_state_dict
+from ..preprocess import Preprocessor
 from .config import ServingConfig
 from .decode import decode_image
 from .errors import RequestError
 from .options import OptionParser, RequestOptions
 from .payload import extract_payload
-from ..preprocess import Preprocessor
 from .response import answer
 
 logger = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class GradCamHandler(BaseHandler):
     def postprocess(self, outcomes: list[Outcome], prepared: list[Prepared | RequestError]) -> list[bytes]:
         """Compact JSON per request; errors get their status via ``set_response_status``."""
         responses: list[bytes] = []
-        for idx, (outcome, item) in enumerate(zip(outcomes, prepared)):
+        for idx, (outcome, item) in enumerate(zip(outcomes, prepared, strict=True)):
             if isinstance(outcome, RequestError):
                 logger.info("request %d refused with %d: %s", idx, outcome.status, outcome.message)
                 self.context.set_response_status(outcome.status, outcome.phrase, idx)

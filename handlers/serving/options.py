@@ -12,13 +12,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import bad_request
+from .errors import RequestError, bad_request
 
 HEADER_PREFIX = "x-explain-"
 FORMATS = ("grid", "png", "overlay", "raw")
 SIZES = ("feature", "input")
 OPTIONS = ("method", "target", "top_k", "top_k_explanations", "format", "size")
-BUILTIN_DEFAULTS: dict[str, Any] = {"method": "gradcam", "top_k": 3, "top_k_explanations": 1, "format": "grid", "size": "feature"}
+BUILTIN_DEFAULTS: dict[str, Any] = {
+    "method": "gradcam",
+    "top_k": 3,
+    "top_k_explanations": 1,
+    "format": "grid",
+    "size": "feature",
+}
 
 
 @dataclass(frozen=True)
@@ -67,7 +73,9 @@ def _choice(name: str, value: Any, choices: Sequence[str]) -> str:
 class OptionParser:
     """Validates option fields against a model's classes and methods."""
 
-    def __init__(self, labels: Sequence[str], methods: Sequence[str], defaults: Mapping[str, Any], max_targets: int) -> None:
+    def __init__(
+        self, labels: Sequence[str], methods: Sequence[str], defaults: Mapping[str, Any], max_targets: int
+    ) -> None:
         self.labels = list(labels)
         self.methods = tuple(methods)
         self.max_targets = max_targets
@@ -76,7 +84,7 @@ class OptionParser:
         self._default_fields = {**BUILTIN_DEFAULTS, **defaults}
         try:
             self.defaults = self.parse(self._default_fields)
-        except Exception as error:
+        except RequestError as error:
             raise ValueError(f"invalid 'gradcam.defaults' in the model config: {error}") from None
 
     def _class_index(self, value: Any) -> int:
@@ -93,9 +101,15 @@ class OptionParser:
             found = self._by_label.get(label, self._by_folded_label.get(label.casefold()))
             if found is not None:
                 return found
-            shown = ", ".join(self.labels[:10]) + (f", ... ({len(self.labels)} labels)" if len(self.labels) > 10 else "")
-            raise bad_request(f"option 'target': {label!r} is not a class label; valid: {shown} or indices 0..{len(self.labels) - 1}")
-        raise bad_request(f"option 'target' must be a class index or label (or a list of them), got {type(value).__name__}")
+            shown = ", ".join(self.labels[:10]) + (
+                f", ... ({len(self.labels)} labels)" if len(self.labels) > 10 else ""
+            )
+            raise bad_request(
+                f"option 'target': {label!r} is not a class label; valid: {shown} or indices 0..{len(self.labels) - 1}"
+            )
+        raise bad_request(
+            f"option 'target' must be a class index or label (or a list of them), got {type(value).__name__}"
+        )
 
     def _targets(self, value: Any) -> tuple[int, ...]:
         value = _text(value)
@@ -115,7 +129,9 @@ class OptionParser:
         """
         unknown = [name for name in fields if name not in OPTIONS]
         if unknown:
-            raise bad_request(f"unknown option {unknown[0]!r}; valid options: {', '.join(OPTIONS)} (and the image in 'data')")
+            raise bad_request(
+                f"unknown option {unknown[0]!r}; valid options: {', '.join(OPTIONS)} (and the image in 'data')"
+            )
         if request_fields and "target" in request_fields and "top_k_explanations" in request_fields:
             raise bad_request("give either 'target' or 'top_k_explanations', not both")
         num_classes = len(self.labels)
@@ -123,12 +139,16 @@ class OptionParser:
             method=_choice("method", fields["method"], self.methods),
             targets=self._targets(fields["target"]) if fields.get("target") not in (None, "") else (),
             top_k=min(_integer("top_k", fields["top_k"], 1, 10**6), num_classes),
-            top_k_explanations=_integer("top_k_explanations", fields["top_k_explanations"], 1, min(num_classes, self.max_targets)),
+            top_k_explanations=_integer(
+                "top_k_explanations", fields["top_k_explanations"], 1, min(num_classes, self.max_targets)
+            ),
             format=_choice("format", fields["format"], FORMATS),
             size=_choice("size", fields["size"], SIZES),
         )
 
-    def for_request(self, headers: Mapping[str, Any], body_fields: Mapping[str, Any], explain: bool = False) -> RequestOptions:
+    def for_request(
+        self, headers: Mapping[str, Any], body_fields: Mapping[str, Any], explain: bool = False
+    ) -> RequestOptions:
         """Options of one request: defaults < X-Explain-* headers < body/form fields.
 
         ``explain`` (the /explanations endpoint) turns a default method of ``none`` into

@@ -76,4 +76,3 @@ def extract_payload(row: Mapping[str, Any]) -> Payload:
     if isinstance(body, str):
         return Payload(_b64decode(body, "text body"))
     raise bad_request(f"JSON body must be an object with a '{IMAGE_FIELD}' field, not {type(body).__name__}")
-

@@ -23,7 +23,7 @@ def predictions(probabilities: torch.Tensor, labels: Sequence[str], top_k: int) 
     values, indices = probabilities.float().cpu().topk(top_k)
     return [
         {"index": int(i), "label": labels[int(i)], "probability": float(f"{float(v):.{PROBABILITY_DIGITS}g}")}
-        for v, i in zip(values, indices)
+        for v, i in zip(values, indices, strict=True)
     ]
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from torchserve_process import TorchServe
 
 from handlers.archive import main as archive_main
 from handlers.inspection import synthetic
-from torchserve_process import TorchServe
 
 pytestmark = pytest.mark.integration
 
@@ -24,16 +24,27 @@ def model_store(tmp_path_factory) -> Path:
     """The default MAR, plus a copy with a long batch delay to prove batches form."""
     store = tmp_path_factory.mktemp("model_store")
     archive_main(["inspection", "--export-path", str(store)])
-    archive_main(["inspection", "--name", "inspection_batched", "--max-batch-delay", str(BATCH_DELAY_MS),
-                  "--export-path", str(store), "--no-check"])
+    archive_main(
+        [
+            "inspection",
+            "--name",
+            "inspection_batched",
+            "--max-batch-delay",
+            str(BATCH_DELAY_MS),
+            "--export-path",
+            str(store),
+            "--no-check",
+        ]
+    )
     return store
 
 
 @pytest.fixture(scope="session")
 def server(model_store, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("torchserve")
-    with TorchServe(model_store, {"inspection": "inspection.mar", "inspection_batched": "inspection_batched.mar"},
-                    workdir) as running:
+    with TorchServe(
+        model_store, {"inspection": "inspection.mar", "inspection_batched": "inspection_batched.mar"}, workdir
+    ) as running:
         yield running
     shutil.rmtree(workdir / "logs", ignore_errors=True)
 

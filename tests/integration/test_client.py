@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from torchserve_process import TorchServe, free_port
 
 from handlers.client.cli import main
 from handlers.client.report import Progress
 from handlers.client.sheet import FOOTER, MARGIN, PANEL, TITLE, TOP_BAR
 from handlers.inspection import CLASSES, INPUT_SIZE, synthetic
-from torchserve_process import TorchServe, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -88,8 +88,10 @@ def panels(sheet: Image.Image) -> list[np.ndarray]:
     """The four PANEL x PANEL picture areas of a sheet, left to right, as float RGB arrays."""
     top = MARGIN + TITLE
     picture = np.asarray(sheet.convert("RGB"), dtype=np.float32)
-    return [picture[top : top + PANEL, left : left + PANEL]
-            for left in (MARGIN + column * (PANEL + MARGIN) for column in range(4))]
+    return [
+        picture[top : top + PANEL, left : left + PANEL]
+        for left in (MARGIN + column * (PANEL + MARGIN) for column in range(4))
+    ]
 
 
 def test_sheet_has_four_non_blank_panels(sheet_run, images):
@@ -103,19 +105,37 @@ def test_sheet_has_four_non_blank_panels(sheet_run, images):
             assert panel.std() > 5, f"{name} panel of {stem}.sheet.png is blank"
         original = next(images.rglob(f"{stem}.*"))
         with Image.open(original) as picture:
-            expected = np.asarray(picture.convert("RGB").resize((PANEL, PANEL), Image.Resampling.BILINEAR), dtype=np.float32)
+            expected = np.asarray(
+                picture.convert("RGB").resize((PANEL, PANEL), Image.Resampling.BILINEAR), dtype=np.float32
+            )
         assert np.abs(source - expected).mean() < 8, "the input panel is not the input image"
         assert (bars == TOP_BAR).all(axis=2).sum() > 100, "no highlighted bar for the top prediction"
         assert (np.abs(gradcam[..., 0] - gradcam[..., 2]) > 60).mean() > 0.2, "the Grad-CAM panel has no jet colours"
-        assert (guided[..., 0] == guided[..., 1]).all() and (guided[..., 1] == guided[..., 2]).all(), "guided map is grayscale"
+        assert (guided[..., 0] == guided[..., 1]).all() and (guided[..., 1] == guided[..., 2]).all(), (
+            "guided map is grayscale"
+        )
         assert 0.001 < (guided[..., 0] > 25).mean() < 0.9, "the guided map is empty or saturated"
 
 
 def test_explicit_targets_and_method(server, images, tmp_path):
     """Two targets, Guided Grad-CAM overlays; the sheet then asks for the Grad-CAM overlay of the first target."""
     image = images / "scratch_dent.png"
-    status, printed = run_cli("--url", server.url(), "--out", str(tmp_path), "--method", "guided_gradcam", "--sheet",
-                              "--target", "scratch", "--target", "2", "--top-k", "2", str(image))
+    status, printed = run_cli(
+        "--url",
+        server.url(),
+        "--out",
+        str(tmp_path),
+        "--method",
+        "guided_gradcam",
+        "--sheet",
+        "--target",
+        "scratch",
+        "--target",
+        "2",
+        "--top-k",
+        "2",
+        str(image),
+    )
     assert status == 0, printed
     answer = json.loads((tmp_path / "scratch_dent.json").read_text())
     assert len(answer["predictions"]) == 2
@@ -142,7 +162,11 @@ def test_unreachable_server_fails_every_image_clearly(images, tmp_path):
 
 
 def test_usage_errors_exit_2(tmp_path, capsys):
-    for argv in ([str(tmp_path / "missing.png")], [str(tmp_path)], ["--key-file", str(tmp_path / "none.json"), str(tmp_path)]):
+    for argv in (
+        [str(tmp_path / "missing.png")],
+        [str(tmp_path)],
+        ["--key-file", str(tmp_path / "none.json"), str(tmp_path)],
+    ):
         with pytest.raises(SystemExit) as stopped:
             main(argv)
         assert stopped.value.code == 2
@@ -171,8 +195,12 @@ def test_progress_line_updates_in_place():
 @pytest.fixture(scope="module")
 def token_server(model_store, tmp_path_factory):
     """A TorchServe with token authorization on; it writes key_file.json into its working directory."""
-    server = TorchServe(model_store, {"inspection": "inspection.mar"}, tmp_path_factory.mktemp("token"),
-                        config={"disable_token_authorization": "false"}).start(wait_ready=False)
+    server = TorchServe(
+        model_store,
+        {"inspection": "inspection.mar"},
+        tmp_path_factory.mktemp("token"),
+        config={"disable_token_authorization": "false"},
+    ).start(wait_ready=False)
     try:
         key_file = server.workdir / "key_file.json"
         deadline = time.monotonic() + 60
@@ -193,11 +221,15 @@ def token_server(model_store, tmp_path_factory):
 def test_key_file_authorizes_and_no_token_fails_clearly(token_server, images, tmp_path):
     image = str(images / "scratch.png")
     key_file = token_server.workdir / "key_file.json"
-    status, printed = run_cli("--url", token_server.url(), "--out", str(tmp_path / "keyed"), "--key-file", str(key_file), image)
+    status, printed = run_cli(
+        "--url", token_server.url(), "--out", str(tmp_path / "keyed"), "--key-file", str(key_file), image
+    )
     assert status == 0, printed
     assert json.loads((tmp_path / "keyed" / "scratch.json").read_text())["predictions"][0]["label"] == "scratch"
     inference_key = json.loads(key_file.read_text())["inference"]["key"]
-    assert run_cli("--url", token_server.url(), "--out", str(tmp_path / "token"), "--token", inference_key, image)[0] == 0
+    assert (
+        run_cli("--url", token_server.url(), "--out", str(tmp_path / "token"), "--token", inference_key, image)[0] == 0
+    )
     for extra in ([], ["--token", "wrong-key"]):
         status, printed = run_cli("--url", token_server.url(), "--out", str(tmp_path / "refused"), *extra, image)
         assert status == 1

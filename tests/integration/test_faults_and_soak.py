@@ -13,12 +13,12 @@ import numpy as np
 import psutil
 import pytest
 import requests
+from hostile_inputs import texture
+from load import Request, run
 from PIL import Image
 
 from handlers.inspection import CLASSES
 from handlers.inspection.synthetic import render
-from hostile_inputs import texture
-from load import Request, run
 
 pytestmark = pytest.mark.integration
 
@@ -46,22 +46,34 @@ def valid_request(image: bytes, kind: str, method: str, target: str | None) -> R
 
 
 def invalid_request(body: bytes, headers: dict[str, str], status: int) -> Request:
-    return Request(body, headers, lambda got, answer: None if got == status and "error" in answer
-                   else f"expected {status}, got {got}: {answer}")
+    return Request(
+        body,
+        headers,
+        lambda got, answer: None if got == status and "error" in answer else f"expected {status}, got {got}: {answer}",
+    )
 
 
 def mixed_plan(count: int, seed: int) -> tuple[list[Request], list[str]]:
     """``count`` requests: 3/4 valid (all methods, default and explicit targets), 1/4 invalid."""
     rng = np.random.default_rng(seed)
     images = {kind: [png(render(kind, rng).image) for _ in range(12)] for kind in CLASSES}
-    bad = [(rng.bytes(3000), {}, 415), (images["ok"][0][:500], {}, 422),
-           (images["dent"][0], {"X-Explain-Method": "lime"}, 400), (b"", {}, 400),
-           (images["ok"][1], {"X-Explain-Target": "7"}, 400), (png(np.asarray(texture(9, 9))), {}, 200)]
+    bad = [
+        (rng.bytes(3000), {}, 415),
+        (images["ok"][0][:500], {}, 422),
+        (images["dent"][0], {"X-Explain-Method": "lime"}, 400),
+        (b"", {}, 400),
+        (images["ok"][1], {"X-Explain-Target": "7"}, 400),
+        (png(np.asarray(texture(9, 9))), {}, 200),
+    ]
     plan, kinds = [], []
     for i in range(count):
         if i % 4 == 3:
             body, headers, status = bad[int(rng.integers(len(bad)))]
-            plan.append(invalid_request(body, headers, status) if status != 200 else valid_request(body, "tiny", "gradcam", None))
+            plan.append(
+                invalid_request(body, headers, status)
+                if status != 200
+                else valid_request(body, "tiny", "gradcam", None)
+            )
             kinds.append("invalid")
             continue
         kind = CLASSES[int(rng.integers(3))]
@@ -107,8 +119,10 @@ def test_killed_worker_is_restarted_and_serving_resumes(server, samples):
     failed = [o for o in outcomes if o.problem]
     in_load = [o.sent_at + o.seconds - killed_at[0] for o in outcomes if o.sent_at > killed_at[0] and not o.problem]
     recovered = min(in_load, default=None) or first_success_after(url, samples["scratch"], killed_at[0])
-    print(f"\nfault: {len(plan)} requests, {len(failed)} failed by status {dict(Counter(o.status for o in failed))}, "
-          + (f"first success {recovered:.1f}s after the kill" if recovered else "no recovery"))
+    print(
+        f"\nfault: {len(plan)} requests, {len(failed)} failed by status {dict(Counter(o.status for o in failed))}, "
+        + (f"first success {recovered:.1f}s after the kill" if recovered else "no recovery")
+    )
     assert recovered is not None, "no request succeeded within 120 s of the worker being killed"
     assert all(o.status in (0, 500, 502, 503, 507) for o in failed), [o.problem for o in failed][:5]
     assert len(failed) <= 8 * 3, "more failures than the requests in flight and queued at the kill"
@@ -133,9 +147,11 @@ def test_soak_mixed_load_keeps_answers_right_and_memory_flat(server):
     seconds = time.monotonic() - started
     statuses = Counter(o.status for o in outcomes)
     problems = [o.problem for o in outcomes if o.problem]
-    print(f"\nsoak: {len(outcomes)} requests in {seconds:.0f}s ({len(outcomes) / seconds:.1f}/s) at concurrency 16, "
-          f"statuses {dict(sorted(statuses.items()))}, {len(problems)} mismatches; "
-          f"worker RSS after warm-up and each 5,000: {' -> '.join(f'{mb:.0f}' for mb in rss)} MB")
+    print(
+        f"\nsoak: {len(outcomes)} requests in {seconds:.0f}s ({len(outcomes) / seconds:.1f}/s) at concurrency 16, "
+        f"statuses {dict(sorted(statuses.items()))}, {len(problems)} mismatches; "
+        f"worker RSS after warm-up and each 5,000: {' -> '.join(f'{mb:.0f}' for mb in rss)} MB"
+    )
     assert not problems, problems[:5]
     assert not any(status >= 500 for status in statuses)
     assert server.worker_pids("inspection") == [worker]

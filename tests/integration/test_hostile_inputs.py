@@ -6,7 +6,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-
 from hostile_inputs import corpus
 
 pytestmark = pytest.mark.integration
@@ -29,7 +28,7 @@ def test_every_case_gets_its_answer_and_the_batch_is_not_lost(server, samples):
         with ThreadPoolExecutor(len(chunk) + len(witnesses)) as pool:
             answers = list(pool.map(lambda c: post(server, c.body, c.headers), chunk))
             checks = list(pool.map(lambda w: post(server, w[0], {}), witnesses))
-        for case, answer in zip(chunk, answers):
+        for case, answer in zip(chunk, answers, strict=True):
             body = answer.json()
             if answer.status_code != case.status:
                 failures.append(f"{case.name}: {answer.status_code} {body}")
@@ -37,7 +36,7 @@ def test_every_case_gets_its_answer_and_the_batch_is_not_lost(server, samples):
                 assert body["predictions"] and body["explanations"], case.name
             else:
                 assert set(body) == {"error"} and case.error_hint in body["error"], (case.name, body)
-        for (_, label), answer in zip(witnesses, checks):
+        for (_, label), answer in zip(witnesses, checks, strict=True):
             assert answer.status_code == 200 and answer.json()["predictions"][0]["label"] == label
     assert not failures, "\n".join(failures)
     assert server.worker_pids() == workers_before, "a worker restarted"

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from torchserve_process import TorchServe
 
 from handlers.archive import main as archive_main
 from handlers.inspection.network import InspectionNet
-from torchserve_process import TorchServe
 
 pytestmark = pytest.mark.integration
 
@@ -38,23 +38,41 @@ def pickled_module() -> bytes:
 
 EXPECTED = {
     "wrong_layer": "model wrong_layer failed to load: target layer 'features.99' does not exist in InspectionNet; "
-                   "candidates (last first): features, features.17",
+    "candidates (last first): features, features.17",
     "no_weights": "model no_weights failed to load: weights file 'inspection.pth' is missing from the MAR",
     "bad_labels": "model bad_labels failed to load: index_to_name.json has 4 labels but the model outputs 3 classes",
-    "pickled": "model pickled failed to load: weights file 'inspection.pth' was refused by torch.load(weights_only=True)",
+    "pickled": (
+        "model pickled failed to load: weights file 'inspection.pth' was refused by torch.load(weights_only=True)"
+    ),
 }
 
 
 def test_broken_mars_fail_to_load_with_a_clear_log_line(tmp_path):
     store = tmp_path / "store"
-    archive_main(["inspection", "--name", "wrong_layer", "--target-layer", "features.99", "--no-check", "--export-path", str(store)])
+    archive_main(
+        [
+            "inspection",
+            "--name",
+            "wrong_layer",
+            "--target-layer",
+            "features.99",
+            "--no-check",
+            "--export-path",
+            str(store),
+        ]
+    )
     archive_main(["inspection", "--name", "base", "--export-path", str(store / "base"), "--no-check"])
     base = store / "base" / "base.mar"
-    models = {"wrong_layer": "wrong_layer.mar",
-              "no_weights": rewrite(base, store / "no_weights.mar", {"inspection.pth": None}),
-              "bad_labels": rewrite(base, store / "bad_labels.mar", {
-                  "index_to_name.json": json.dumps({str(i): f"c{i}" for i in range(4)}).encode()}),
-              "pickled": rewrite(base, store / "pickled.mar", {"inspection.pth": pickled_module()})}
+    models = {
+        "wrong_layer": "wrong_layer.mar",
+        "no_weights": rewrite(base, store / "no_weights.mar", {"inspection.pth": None}),
+        "bad_labels": rewrite(
+            base,
+            store / "bad_labels.mar",
+            {"index_to_name.json": json.dumps({str(i): f"c{i}" for i in range(4)}).encode()},
+        ),
+        "pickled": rewrite(base, store / "pickled.mar", {"inspection.pth": pickled_module()}),
+    }
     server = TorchServe(store, models, tmp_path / "work").start(wait_ready=False)
     try:
         deadline = time.monotonic() + 180

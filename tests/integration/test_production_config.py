@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from torchserve_process import TorchServe
 
 pytestmark = pytest.mark.integration
@@ -34,8 +33,9 @@ def read_keys(key_file: Path, timeout: float = 120) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def prod_server(model_store, tmp_path_factory):
-    server = TorchServe(model_store, {"inspection": "inspection.mar"}, tmp_path_factory.mktemp("prod"),
-                        base_config=PROD_CONFIG).start(wait_ready=False)
+    server = TorchServe(
+        model_store, {"inspection": "inspection.mar"}, tmp_path_factory.mktemp("prod"), base_config=PROD_CONFIG
+    ).start(wait_ready=False)
     try:
         server.keys = read_keys(server.workdir / "key_file.json")
         server.wait_ready(180, headers=bearer(server.keys["management"]))

@@ -58,13 +58,18 @@ def test_explanations_endpoint_both_methods_and_targets(server, samples):
     by_label = post(server, both, endpoint="explanations", headers={"X-Explain-Target": "dent"}).json()
     check_contract(by_label)
     assert by_label["explanations"][0]["target"] == {"index": 2, "label": "dent"}
-    guided = post(server, json.dumps({"data": base64.b64encode(both).decode(), "method": "guided_gradcam", "target": 1}),
-                  endpoint="explanations", headers={"Content-Type": "application/json"}).json()
+    guided = post(
+        server,
+        json.dumps({"data": base64.b64encode(both).decode(), "method": "guided_gradcam", "target": 1}),
+        endpoint="explanations",
+        headers={"Content-Type": "application/json"},
+    ).json()
     check_contract(guided, "guided_gradcam")
     assert guided["explanations"][0]["target"]["label"] == "scratch"
     assert guided["explanations"][0]["shape"] == [INPUT_SIZE, INPUT_SIZE]
-    form = requests.post(f"{server.url()}/predictions/inspection", files={"data": both}, data={"target": "scratch,dent"},
-                         timeout=60).json()
+    form = requests.post(
+        f"{server.url()}/predictions/inspection", files={"data": both}, data={"target": "scratch,dent"}, timeout=60
+    ).json()
     assert [e["target"]["label"] for e in form["explanations"]] == ["scratch", "dent"]
 
 
@@ -88,7 +93,10 @@ def test_concurrent_batch_with_an_undecodable_image(server, samples):
     bodies = [a.json() for a in answers]
     assert "corrupt or truncated" in bodies[3]["error"]
     assert bodies[0]["explanations"][0]["target"]["label"] == "scratch"
-    assert bodies[1]["explanations"][0]["method"] == "guided_gradcam" and bodies[1]["explanations"][0]["shape"] == [128, 128]
+    assert bodies[1]["explanations"][0]["method"] == "guided_gradcam" and bodies[1]["explanations"][0]["shape"] == [
+        128,
+        128,
+    ]
     assert bodies[2]["explanations"][0]["target"]["label"] == "ok"
     assert bodies[4]["explanations"][0]["target"]["label"] == "dent"
     assert bodies[5]["explanations"] == [] and bodies[5]["predictions"][0]["label"] == "dent"
@@ -119,5 +127,8 @@ def test_served_map_equals_the_engine_map(server, samples):
 
 def test_worker_log_names_layer_and_path(server):
     threads = os.environ.get("OMP_NUM_THREADS", "1")  # the handler's default is one per worker
-    assert re.search(rf"model inspection ready on cpu with {threads} torch thread\(s\): layer features, 3 classes, "
-                     r"Grad-CAM via CAM", server.log())
+    assert re.search(
+        rf"model inspection ready on cpu with {threads} torch thread\(s\): layer features, 3 classes, "
+        r"Grad-CAM via CAM",
+        server.log(),
+    )

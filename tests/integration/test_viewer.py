@@ -19,20 +19,29 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
+from torchserve_process import TorchServe
 
 from handlers.inspection import INPUT_SIZE
-from torchserve_process import TorchServe
 
 pytestmark = pytest.mark.integration
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is missing (pip install playwright)")
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="the playwright package is missing (pip install playwright)"
+)
 
 VIEWER_DIR = Path(__file__).resolve().parents[2] / "handlers" / "viewer"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 DEV_CONFIG = Path(__file__).resolve().parents[2] / "config.properties"
 WAIT_MS = 90_000
 
@@ -60,8 +69,9 @@ def viewer_origin() -> Iterator[str]:
 def cors_server(model_store, viewer_origin, tmp_path_factory) -> Iterator[TorchServe]:
     """The default model behind config.properties' CORS settings, the origin moved to this test's viewer port."""
     config = {"cors_allowed_origin": viewer_origin}
-    with TorchServe(model_store, {"inspection": "inspection.mar"}, tmp_path_factory.mktemp("cors"), config,
-                    base_config=DEV_CONFIG) as server:
+    with TorchServe(
+        model_store, {"inspection": "inspection.mar"}, tmp_path_factory.mktemp("cors"), config, base_config=DEV_CONFIG
+    ) as server:
         yield server
 
 
@@ -107,24 +117,33 @@ def settle(page, condition: str) -> None:
 
 def overlay_targets(*targets: str) -> str:
     """JS condition: the drawn overlays explain exactly ``targets``, in order, and are decoded."""
-    return ("(() => { const imgs = [...document.querySelectorAll('img.overlay')];"
-            f" return JSON.stringify(imgs.map(i => i.dataset.target)) === '{json.dumps(list(targets), separators=(',', ':'))}'"
-            " && imgs.every(i => i.complete && i.naturalWidth > 0); })()")
+    expected = json.dumps(list(targets), separators=(",", ":"))
+    return (
+        "(() => { const imgs = [...document.querySelectorAll('img.overlay')];"
+        f" return JSON.stringify(imgs.map(i => i.dataset.target)) === '{expected}'"
+        " && imgs.every(i => i.complete && i.naturalWidth > 0); })()"
+    )
 
 
 def decoded(src: str) -> Image.Image:
     prefix = "data:image/png;base64,"
     assert src.startswith(prefix)
-    image = Image.open(io.BytesIO(base64.b64decode(src[len(prefix):])))
+    image = Image.open(io.BytesIO(base64.b64decode(src[len(prefix) :])))
     image.load()
     return image
 
 
 def test_preflight_answers_the_viewer_origin(cors_server, viewer_origin):
     """The proposed cors_* keys work in TorchServe 0.12: OPTIONS from the page's origin is allowed."""
-    answer = requests.options(f"{cors_server.url()}/predictions/inspection", timeout=30, headers={
-        "Origin": viewer_origin, "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "content-type, x-explain-format, x-explain-target"})
+    answer = requests.options(
+        f"{cors_server.url()}/predictions/inspection",
+        timeout=30,
+        headers={
+            "Origin": viewer_origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type, x-explain-format, x-explain-target",
+        },
+    )
     assert answer.status_code == 200
     assert answer.headers["Access-Control-Allow-Origin"] == viewer_origin
     assert "POST" in answer.headers["Access-Control-Allow-Methods"]
@@ -134,7 +153,9 @@ def test_preflight_answers_the_viewer_origin(cors_server, viewer_origin):
 def test_page_shows_bars_and_both_overlays(page, sample_files):
     page.set_input_files("#file", str(sample_files["scratch"]))
     settle(page, overlay_targets("scratch", "scratch"))
-    bars = page.eval_on_selector_all("#bars .bar", "rows => rows.map(r => [r.dataset.label, Number(r.dataset.probability)])")
+    bars = page.eval_on_selector_all(
+        "#bars .bar", "rows => rows.map(r => [r.dataset.label, Number(r.dataset.probability)])"
+    )
     assert len(bars) == 3 and bars[0][0] == "scratch" and bars[0][1] > 0.5
     assert [bar[1] for bar in bars] == sorted((bar[1] for bar in bars), reverse=True)
     assert "top prediction: scratch" in page.inner_text("#status")
@@ -167,11 +188,14 @@ def test_target_from_the_first_prediction_labels(page, sample_files):
 def test_browser_preflighted_request_is_allowed(page, cors_server, sample_files):
     """A JSON body with X-Explain-* headers makes Chromium send a real preflight: it must pass."""
     image = base64.b64encode(sample_files["dent"].read_bytes()).decode()
-    answer = page.evaluate("""async ([url, image]) => {
+    answer = page.evaluate(
+        """async ([url, image]) => {
         const response = await fetch(url, {method: 'POST', body: JSON.stringify({data: image}),
             headers: {'Content-Type': 'application/json', 'X-Explain-Format': 'overlay', 'X-Explain-Target': 'dent'}});
         return {status: response.status, body: await response.json()};
-    }""", [f"{cors_server.url()}/predictions/inspection", image])
+    }""",
+        [f"{cors_server.url()}/predictions/inspection", image],
+    )
     assert answer["status"] == 200
     assert answer["body"]["explanations"][0]["target"]["label"] == "dent" and "png" in answer["body"]["explanations"][0]
 
