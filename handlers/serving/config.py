@@ -11,6 +11,32 @@ from ..preprocess import InputSpec
 CONFIG_KEY = "gradcam"
 
 
+# Per-model limits, each a whole number >= 1 except the decode deadline (seconds > 0).
+# max_response_bytes stays below TorchServe's default max_response_size (6,553,500): a reply
+# over the server's limit makes the frontend drop the worker and fail its batch.
+LIMIT_DEFAULTS: dict[str, int | float] = {
+    "max_image_pixels": 40_000_000,
+    "max_targets": 10,
+    "max_top_k": 100,
+    "max_response_bytes": 6_000_000,
+    "max_jpeg_scans": 100,
+    "decode_timeout_s": 10.0,
+}
+
+
+def _limit(section: dict[str, Any], key: str) -> Any:
+    """The value of limit ``key`` in ``section`` (or its default), validated."""
+    default = LIMIT_DEFAULTS[key]
+    value = section.get(key, default)
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"'{CONFIG_KEY}.{key}' must be a number of seconds > 0, got {value!r}")
+        return float(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"'{CONFIG_KEY}.{key}' must be a whole number >= 1, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class ServingConfig:
     """Everything the handler reads from ``model_yaml_config['gradcam']``."""
@@ -19,8 +45,12 @@ class ServingConfig:
     input: InputSpec
     target_layer: str | None = None
     defaults: dict[str, Any] = field(default_factory=dict)
-    max_image_pixels: int = 40_000_000
-    max_targets: int = 10
+    max_image_pixels: int = int(LIMIT_DEFAULTS["max_image_pixels"])
+    max_targets: int = int(LIMIT_DEFAULTS["max_targets"])
+    max_top_k: int = int(LIMIT_DEFAULTS["max_top_k"])
+    max_response_bytes: int = int(LIMIT_DEFAULTS["max_response_bytes"])
+    max_jpeg_scans: int = int(LIMIT_DEFAULTS["max_jpeg_scans"])
+    decode_timeout_s: float = float(LIMIT_DEFAULTS["decode_timeout_s"])
     # Torch intra-op threads per worker; None: OMP_NUM_THREADS if set, else 1 (see threads()).
     torch_threads: int | None = None
 
@@ -30,15 +60,7 @@ class ServingConfig:
         section = (yaml_config or {}).get(CONFIG_KEY)
         if not isinstance(section, dict):
             raise ValueError(f"model-config YAML has no '{CONFIG_KEY}:' section (build the MAR with handlers.archive)")
-        unknown = set(section) - {
-            "model",
-            "input",
-            "target_layer",
-            "defaults",
-            "max_image_pixels",
-            "max_targets",
-            "torch_threads",
-        }
+        unknown = set(section) - {"model", "input", "target_layer", "defaults", "torch_threads", *LIMIT_DEFAULTS}
         if unknown:
             raise ValueError(f"unknown key(s) in '{CONFIG_KEY}:' section: {', '.join(sorted(unknown))}")
         raw_input = dict(section.get("input") or {})
@@ -53,16 +75,15 @@ class ServingConfig:
             if key in raw_input:
                 raw_input[key] = tuple(float(v) for v in raw_input[key])
         threads = section.get("torch_threads")
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"'{CONFIG_KEY}.torch_threads' must be a whole number >= 1, got {threads!r}")
         return cls(
             model=dict(section.get("model") or {}),
             input=InputSpec(**raw_input),
             target_layer=section.get("target_layer"),
             defaults=dict(section.get("defaults") or {}),
-            max_image_pixels=int(section.get("max_image_pixels", cls.max_image_pixels)),
-            max_targets=int(section.get("max_targets", cls.max_targets)),
             torch_threads=threads,
+            **{key: _limit(section, key) for key in LIMIT_DEFAULTS},
         )
 
     def threads(self, environ: Mapping[str, str]) -> int | None:
