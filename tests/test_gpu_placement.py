@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_handler import build_custom_mar, image_bytes
-from torchserve_fakes import load_context, unpack_mar, with_requests
 
 from handlers.engine import Explainer, Job
 from handlers.serving.handler import GradCamHandler
+from test_handler import build_custom_mar, image_bytes
+from torchserve_fakes import load_context, unpack_mar, with_requests
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (no GPU on this machine)")
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torchserve_fakes import load_context, unpack_mar, with_requests
 
 from handlers.archive import main as archive_main
 from handlers.serving.handler import GradCamHandler
+from torchserve_fakes import load_context, unpack_mar, with_requests
 
 TINY_NET = """
 import torch

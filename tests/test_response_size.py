@@ -6,10 +6,10 @@ import base64
 import itertools
 
 import pytest
-from test_handler import build_custom_mar, image_bytes
-from torchserve_fakes import load_context, unpack_mar, with_requests
 
 from handlers.serving.handler import GradCamHandler
+from test_handler import build_custom_mar, image_bytes
+from torchserve_fakes import load_context, unpack_mar, with_requests
 
 # A 224 px model with a 7x7 feature map (stride 32) and 10 classes, like an ImageNet CNN.
 NET_224 = """

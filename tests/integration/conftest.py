@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from torchserve_process import TorchServe
 
 from handlers.archive import main as archive_main
 from handlers.inspection import synthetic
+from torchserve_process import TorchServe
 
 pytestmark = pytest.mark.integration
 

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from torchserve_process import TorchServe, free_port
 
 from handlers.client.cli import main
 from handlers.client.report import Progress
 from handlers.client.sheet import FOOTER, MARGIN, PANEL, TITLE, TOP_BAR
 from handlers.inspection import CLASSES, INPUT_SIZE, synthetic
+from torchserve_process import TorchServe, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -13,12 +13,12 @@ import numpy as np
 import psutil
 import pytest
 import requests
-from hostile_inputs import texture
-from load import Request, run
 from PIL import Image
 
 from handlers.inspection import CLASSES
 from handlers.inspection.synthetic import render
+from hostile_inputs import texture
+from load import Request, run
 
 pytestmark = pytest.mark.integration
 

@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+
 from hostile_inputs import corpus
 
 pytestmark = pytest.mark.integration

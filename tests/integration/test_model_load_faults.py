@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from torchserve_process import TorchServe
 
 from handlers.archive import main as archive_main
 from handlers.inspection.network import InspectionNet
+from torchserve_process import TorchServe
 
 pytestmark = pytest.mark.integration
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import requests
+
 from torchserve_process import TorchServe
 
 pytestmark = pytest.mark.integration

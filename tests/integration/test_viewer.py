@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
-from torchserve_process import TorchServe
 
 from handlers.inspection import INPUT_SIZE
+from torchserve_process import TorchServe
 
 pytestmark = pytest.mark.integration
 
