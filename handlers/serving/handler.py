@@ -2,7 +2,8 @@
 
 Every request of a batch is answered on its own: a bad image or option gets its own
 4xx with ``{"error": ...}`` while the rest of the batch is explained in one pass per
-method, outside ``torch.inference_mode()`` (gradients are needed).
+method, outside ``torch.inference_mode()`` (gradients are needed). Whatever one request
+raises, at any step, becomes that request's answer: the batch and the worker go on.
 """
 
 from __future__ import annotations
@@ -48,6 +49,43 @@ def _headers(context: Any, idx: int) -> dict[str, Any]:
     return {str(k).lower(): v for k, v in (context.get_all_request_header(idx) or {}).items()}
 
 
+def _refusal(error: Exception, step: str) -> RequestError:
+    """The answer for what one request raised at ``step``: its own RequestError, or a stated failure.
+
+    Kept without traceback or context: their frames (the batch's lists among them) would
+    form cycles that keep decoder state alive until a full garbage collection.
+    """
+    if isinstance(error, RequestError):
+        refusal = error
+    elif isinstance(error, MemoryError):
+        refusal = RequestError(507, f"not enough memory to {step} this request; try a smaller image")
+    else:
+        logger.exception("request failed while trying to %s it", step)
+        status = 400 if step == "read" else 500
+        refusal = RequestError(status, f"could not {step} this request ({type(error).__name__}: {str(error)[:200]})")
+    refusal.__context__ = None
+    refusal.__cause__ = None
+    return refusal.with_traceback(None)
+
+
+def _too_large(size: int, limit: int, options: RequestOptions) -> RequestError:
+    """The refusal of an answer over the model's response limit, saying what to ask for instead."""
+    asks = []
+    if options.format in ("raw", "overlay", "png"):
+        asks.append("format=grid")
+    if options.size == "input":
+        asks.append("size=feature")
+    if len(options.targets) > 1 or options.top_k_explanations > 1:
+        asks.append("fewer targets")
+    if options.top_k > 10:
+        asks.append("a smaller top_k")
+    instead = ", ".join(asks) or "fewer or smaller explanations"
+    return RequestError(
+        400,
+        f"the answer would be {size} bytes, over this model's limit of {limit} (max_response_bytes); ask for {instead}",
+    )
+
+
 class GradCamHandler(BaseHandler):
     """Image classification with Grad-CAM / Guided Grad-CAM attached to every prediction."""
 
@@ -66,7 +104,9 @@ class GradCamHandler(BaseHandler):
             self.explainer = Explainer(model, self.config.input.size, self.config.target_layer, self.device)
             self.model = self.explainer.view.model
             self.labels = read_labels(os.path.join(model_dir, "index_to_name.json"), self.explainer.num_classes)
-            self.option_parser = OptionParser(self.labels, list(METHODS), self.config.defaults, self.config.max_targets)
+            self.option_parser = OptionParser(
+                self.labels, list(METHODS), self.config.defaults, self.config.max_targets, self.config.max_top_k
+            )
         except Exception as error:
             logger.error("model %s failed to load: %s", context.model_name, error)
             raise
@@ -87,49 +127,75 @@ class GradCamHandler(BaseHandler):
         )
 
     def _prepare(self, row: dict[str, Any], headers: dict[str, Any]) -> Prepared:
-        payload = extract_payload(row)
+        payload = extract_payload(row, str(headers.get("content-type", "")))
         options = self.option_parser.for_request(headers, payload.fields, explain=headers.get("explain") == "True")
         image = decode_image(payload.image, self.config.max_image_pixels)
         view = self.preprocessor.view(image)
         return Prepared(self.preprocessor.tensor(view), view, options)
 
     def preprocess(self, data: list[dict[str, Any]]) -> list[Prepared | RequestError]:
-        """Decode each request on its own; a failure becomes that request's error."""
+        """Read and decode each request on its own; anything it raises becomes its own answer."""
         prepared: list[Prepared | RequestError] = []
         for idx, row in enumerate(data):
             try:
                 prepared.append(self._prepare(row, _headers(self.context, idx)))
-            except RequestError as error:
-                # Kept without its traceback: its frames (this one included, which holds
-                # `prepared`) would make a cycle that keeps decoder state alive.
-                error.__context__ = None
-                prepared.append(error.with_traceback(None))
+            except Exception as error:  # noqa: BLE001 - one request's failure must not fail its batch
+                prepared.append(_refusal(error, "read"))
         return prepared
 
+    def _explain(self, items: list[Prepared]) -> list[SampleResult]:
+        jobs = [Job(p.options.method, p.options.targets, p.options.top_k_explanations) for p in items]
+        return self.explainer.explain(torch.stack([p.tensor for p in items]), jobs)
+
     def inference(self, prepared: list[Prepared | RequestError]) -> list[Outcome]:
-        """One engine call for every request that decoded (one forward per method)."""
+        """One engine call for every request that decoded (one forward per method).
+
+        Should that call fail, each request is explained alone, so only the one that
+        fails gets an error.
+        """
         valid = [item for item in prepared if isinstance(item, Prepared)]
         methods = Counter(p.options.method for p in valid)
         logger.info("batch of %d: %s, %d refused", len(prepared), dict(methods), len(prepared) - len(valid))
         if not valid:
-            return [item for item in prepared if isinstance(item, RequestError)]
-        jobs = [Job(p.options.method, p.options.targets, p.options.top_k_explanations) for p in valid]
-        results = iter(self.explainer.explain(torch.stack([p.tensor for p in valid]), jobs))
-        return [next(results) if isinstance(item, Prepared) else item for item in prepared]
+            return list(prepared)
+        try:
+            results: list[Outcome] = list(self._explain(valid))
+        except Exception:  # find the request at fault instead of failing all
+            logger.exception("explaining a batch of %d failed: explaining each request alone", len(valid))
+            results = []
+            for item in valid:
+                try:
+                    results.extend(self._explain([item]))
+                except Exception as error:  # noqa: BLE001 - that request's own answer
+                    results.append(_refusal(error, "explain"))
+        outcomes = iter(results)
+        return [next(outcomes) if isinstance(item, Prepared) else item for item in prepared]
+
+    def _body(self, outcome: Outcome, item: Prepared | RequestError) -> tuple[RequestError | None, bytes]:
+        """The JSON bytes of one answer, or the refusal to send instead (failed or too large)."""
+        if isinstance(outcome, RequestError):
+            return outcome, b""
+        assert isinstance(item, Prepared)
+        try:
+            body = answer(outcome, item.options, self.labels, self.explainer.layer_name, item.view)
+            encoded = json.dumps(body, separators=(",", ":")).encode("utf-8")
+        except Exception as error:  # noqa: BLE001 - one answer's failure must not fail its batch
+            return _refusal(error, "render"), b""
+        if len(encoded) > self.config.max_response_bytes:
+            return _too_large(len(encoded), self.config.max_response_bytes, item.options), b""
+        return None, encoded
 
     def postprocess(self, outcomes: list[Outcome], prepared: list[Prepared | RequestError]) -> list[bytes]:
         """Compact JSON per request; errors get their status via ``set_response_status``."""
         responses: list[bytes] = []
         for idx, (outcome, item) in enumerate(zip(outcomes, prepared, strict=True)):
-            if isinstance(outcome, RequestError):
-                logger.info("request %d refused with %d: %s", idx, outcome.status, outcome.message)
-                self.context.set_response_status(outcome.status, outcome.phrase, idx)
-                body: dict[str, Any] = outcome.body()
-            else:
-                assert isinstance(item, Prepared)
-                body = answer(outcome, item.options, self.labels, self.explainer.layer_name, item.view)
+            refusal, encoded = self._body(outcome, item)
+            if refusal is not None:
+                logger.info("request %d refused with %d: %s", idx, refusal.status, refusal.message)
+                self.context.set_response_status(refusal.status, refusal.phrase, idx)
+                encoded = json.dumps(refusal.body(), separators=(",", ":")).encode("utf-8")
             self.context.set_response_content_type(idx, "application/json")
-            responses.append(json.dumps(body, separators=(",", ":")).encode("utf-8"))
+            responses.append(encoded)
         return responses
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[bytes]:

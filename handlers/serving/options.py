@@ -8,10 +8,12 @@ accepted values.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .config import LIMIT_DEFAULTS
 from .errors import RequestError, bad_request
 
 HEADER_PREFIX = "x-explain-"
@@ -48,16 +50,37 @@ def header_options(headers: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+# ASCII digits only ("²".isdigit() is true, int() refuses it), and short enough that int()
+# never meets Python's digit limit: no option needs more than 18 digits.
+_WHOLE_NUMBER = re.compile(r"-?[0-9]{1,18}")
+_SHOWN_CHARS = 60
+# Repeats of one target are merged, so a list may be longer than max_targets, but not without bound.
+_MAX_TARGET_ITEMS_PER_TARGET = 4
+
+
 def _text(value: Any) -> Any:
     return bytes(value).decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else value
 
 
+def shown(value: Any) -> str:
+    """``repr(value)`` cut short: error messages never echo a whole upload back."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else f"{text[:_SHOWN_CHARS]}... ({len(text)} characters)"
+
+
+def whole_number(value: Any) -> int | None:
+    """``value`` as an int when it is one or an ASCII-digit string of at most 18 digits, else None."""
+    if isinstance(value, str) and _WHOLE_NUMBER.fullmatch(value.strip()):
+        return int(value.strip())
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def _integer(name: str, value: Any, low: int, high: int) -> int:
     value = _text(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        value = int(value.strip())
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise bad_request(f"option '{name}' must be an integer from {low} to {high}, got {value!r}")
+    number = whole_number(value)
+    if number is None:
+        raise bad_request(f"option '{name}' must be an integer from {low} to {high}, got {shown(value)}")
+    value = number
     if not low <= value <= high:
         raise bad_request(f"option '{name}' must be from {low} to {high}, got {value}")
     return value
@@ -67,18 +90,24 @@ def _choice(name: str, value: Any, choices: Sequence[str]) -> str:
     value = _text(value)
     if isinstance(value, str) and value.strip().lower() in choices:
         return value.strip().lower()
-    raise bad_request(f"option '{name}' must be one of {', '.join(choices)}; got {value!r}")
+    raise bad_request(f"option '{name}' must be one of {', '.join(choices)}; got {shown(value)}")
 
 
 class OptionParser:
     """Validates option fields against a model's classes and methods."""
 
     def __init__(
-        self, labels: Sequence[str], methods: Sequence[str], defaults: Mapping[str, Any], max_targets: int
+        self,
+        labels: Sequence[str],
+        methods: Sequence[str],
+        defaults: Mapping[str, Any],
+        max_targets: int,
+        max_top_k: int = int(LIMIT_DEFAULTS["max_top_k"]),
     ) -> None:
         self.labels = list(labels)
         self.methods = tuple(methods)
         self.max_targets = max_targets
+        self.max_top_k = max_top_k
         self._by_label = {label: i for i, label in enumerate(self.labels)}
         self._by_folded_label = {label.casefold(): i for i, label in enumerate(self.labels)}
         self._default_fields = {**BUILTIN_DEFAULTS, **defaults}
@@ -90,22 +119,22 @@ class OptionParser:
     def _class_index(self, value: Any) -> int:
         if isinstance(value, bool):
             raise bad_request(f"option 'target' must be a class index or label, got {value!r}")
-        if isinstance(value, str) and value.strip().isdigit():
-            value = int(value.strip())
-        if isinstance(value, int):
-            if 0 <= value < len(self.labels):
-                return value
-            raise bad_request(f"option 'target': class index {value} is outside 0..{len(self.labels) - 1}")
+        number = whole_number(value)
+        if number is not None:
+            if 0 <= number < len(self.labels):
+                return number
+            raise bad_request(f"option 'target': class index {shown(number)} is outside 0..{len(self.labels) - 1}")
         if isinstance(value, str):
             label = value.strip()
             found = self._by_label.get(label, self._by_folded_label.get(label.casefold()))
             if found is not None:
                 return found
-            shown = ", ".join(self.labels[:10]) + (
+            valid = ", ".join(self.labels[:10]) + (
                 f", ... ({len(self.labels)} labels)" if len(self.labels) > 10 else ""
             )
             raise bad_request(
-                f"option 'target': {label!r} is not a class label; valid: {shown} or indices 0..{len(self.labels) - 1}"
+                f"option 'target': {shown(label)} is not a class label; "
+                f"valid: {valid} or indices 0..{len(self.labels) - 1}"
             )
         raise bad_request(
             f"option 'target' must be a class index or label (or a list of them), got {type(value).__name__}"
@@ -114,6 +143,8 @@ class OptionParser:
     def _targets(self, value: Any) -> tuple[int, ...]:
         value = _text(value)
         items = value.split(",") if isinstance(value, str) else value if isinstance(value, list) else [value]
+        if len(items) > _MAX_TARGET_ITEMS_PER_TARGET * self.max_targets:  # refused before any is parsed
+            raise bad_request(f"option 'target': {len(items)} items, at most {self.max_targets} targets per image")
         targets = tuple(dict.fromkeys(self._class_index(item) for item in items if item != ""))
         if not targets:
             raise bad_request("option 'target' is empty")
@@ -130,7 +161,7 @@ class OptionParser:
         unknown = [name for name in fields if name not in OPTIONS]
         if unknown:
             raise bad_request(
-                f"unknown option {unknown[0]!r}; valid options: {', '.join(OPTIONS)} (and the image in 'data')"
+                f"unknown option {shown(unknown[0])}; valid options: {', '.join(OPTIONS)} (and the image in 'data')"
             )
         if request_fields and "target" in request_fields and "top_k_explanations" in request_fields:
             raise bad_request("give either 'target' or 'top_k_explanations', not both")
@@ -138,7 +169,7 @@ class OptionParser:
         return RequestOptions(
             method=_choice("method", fields["method"], self.methods),
             targets=self._targets(fields["target"]) if fields.get("target") not in (None, "") else (),
-            top_k=min(_integer("top_k", fields["top_k"], 1, 10**6), num_classes),
+            top_k=min(_integer("top_k", fields["top_k"], 1, self.max_top_k), num_classes),
             top_k_explanations=_integer(
                 "top_k_explanations", fields["top_k_explanations"], 1, min(num_classes, self.max_targets)
             ),
