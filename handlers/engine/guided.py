@@ -5,8 +5,9 @@ Inception3, DenseNet) and ``nn.ReLU6`` silently give the plain gradient, and its
 handles accumulate on the object. Here a TorchFunctionMode, active only during the
 forward, keeps each ReLU a native op and hooks its output's gradient: while the switch
 is armed the hook drops negative gradients before the ReLU's own mask (the guided rule),
-while disarmed it changes nothing. Nothing is registered on the model, and the tensor
-hooks die with the graph, so nothing outlives the call.
+while disarmed it changes nothing. In-place calls stay in place (``x.relu_()`` used as a
+statement must still change ``x``), so every method predicts exactly the same. Nothing is
+registered on the model, and the tensor hooks die with the graph, so nothing outlives the call.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ class GuideSwitch:
         return grad.clamp_min(0) if self.armed else None
 
 
-_RELU_FUNCS = {F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}
+_INPLACE_RELU_FUNCS = {F.relu_, torch.relu_, torch.Tensor.relu_}
+_RELU_FUNCS = {F.relu, torch.relu, torch.Tensor.relu, *_INPLACE_RELU_FUNCS}
+# Where a function takes an ``inplace`` flag positionally: F.relu(x, inplace), F.hardtanh(x, lo, hi, inplace).
+_INPLACE_ARG = {F.relu: 1, F.relu6: 1, F.hardtanh: 3}
 # Activations guided backprop is not defined for: counted so a model load can say so.
 _UNGUIDED_FUNCS = {F.silu, F.gelu, F.hardswish, F.mish, F.elu, F.leaky_relu, F.selu}
 
@@ -36,15 +40,24 @@ def _relu6_bounds(func, args: tuple, kwargs: dict) -> float | None:
     """The upper bound when ``func(*args)`` is ReLU6-like (hardtanh from 0), else None."""
     if func is F.relu6:
         return 6.0
-    if func is F.hardtanh and kwargs.get("min_val", args[1] if len(args) > 1 else -1.0) == 0.0:
+    if func in (F.hardtanh, F.hardtanh_) and kwargs.get("min_val", args[1] if len(args) > 1 else -1.0) == 0.0:
         return float(kwargs.get("max_val", args[2] if len(args) > 2 else 1.0))
     return None
+
+
+def _in_place(func, args: tuple, kwargs: dict) -> bool:
+    """Whether this call modifies its input: an in-place variant, or ``inplace=True``."""
+    if func in _INPLACE_RELU_FUNCS or func is F.hardtanh_:
+        return True
+    position = _INPLACE_ARG.get(func)
+    return position is not None and bool(kwargs.get("inplace", args[position] if len(args) > position else False))
 
 
 class GuidedReLUMode(TorchFunctionMode):
     """Inside this mode, ReLU and ReLU6 outputs carry the switch's guided-gradient hook.
 
-    In-place variants return a new tensor: every torchvision model uses the return value.
+    In-place calls modify their input as they would without the mode; the hook then sits
+    on the modified tensor, whose gradient is the ReLU's output gradient.
     """
 
     def __init__(self, switch: GuideSwitch) -> None:
@@ -56,10 +69,11 @@ class GuidedReLUMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         high = _relu6_bounds(func, args, kwargs)
+        in_place = _in_place(func, args, kwargs)
         if func in _RELU_FUNCS:
-            out = torch.relu(args[0])
+            out = torch.relu_(args[0]) if in_place else torch.relu(args[0])
         elif high is not None:
-            out = F.hardtanh(args[0], 0.0, high)
+            out = F.hardtanh(args[0], 0.0, high, inplace=in_place)
         else:
             if func in _UNGUIDED_FUNCS:
                 self.unguided_calls[func.__name__] = self.unguided_calls.get(func.__name__, 0) + 1
