@@ -198,3 +198,33 @@ class TokenNet(nn.Module):
 def test_transformer_like_model_needs_an_explicit_layer():
     with pytest.raises(TargetLayerError, match="token-sequence"):
         Explainer(TokenNet().eval(), (32, 32))
+
+
+class ChannelsLastStages(nn.Module):
+    """A patch embedding, then stages that work on N x H x W x C maps, as Swin and ConvNeXt blocks do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 24, 4, stride=4)
+        self.norm = nn.LayerNorm(24)
+        self.mlp = nn.Linear(24, 24)
+        self.head = nn.Linear(24, 3)
+
+    def forward(self, x):
+        x = self.embed(x).permute(0, 2, 3, 1)  # N x H x W x C from here on
+        x = self.mlp(self.norm(x))
+        return self.head(x.mean((1, 2)))
+
+
+@pytest.mark.parametrize("size", [(32, 32), (32, 64), (48, 24)])
+def test_channels_last_layers_are_refused_naming_what_would_work(size):
+    with pytest.raises(TargetLayerError, match=r"'mlp' outputs 1 x \d+ x \d+ x 24, a channels-last.*candidates.*embed"):
+        Explainer(ChannelsLastStages().eval(), size, target_layer="mlp")
+    assert Explainer(ChannelsLastStages().eval(), size, target_layer="embed").layer_name == "embed"
+
+
+def test_channels_last_maps_are_never_discovered(random_model):
+    """Swin's stages are N x H x W x C; its final permute back to N x C x H x W is the layer to explain."""
+    with pytest.raises(TargetLayerError, match=r"'features\.7' outputs 1 x 7 x 7 x 768, a channels-last"):
+        Explainer(random_model("swin_t"), (224, 224), target_layer="features.7")
+    assert Explainer(random_model("swin_t"), (224, 224)).layer_name == "permute"

@@ -62,8 +62,8 @@ class Explainer:
         example = torch.rand((1, 3, *input_size), generator=torch.Generator().manual_seed(0)).to(self.device)
         records, logits = trace_module_outputs(model, example)
         self.num_classes = int(logits.shape[1])
-        layer_name = target_layer or discover_target_layer(records)
-        layer = resolve_target_layer(model, layer_name, records)
+        layer_name = target_layer or discover_target_layer(records, input_size)
+        layer = resolve_target_layer(model, layer_name, records, input_size)
         self.view = ModelView(model, layer, layer_name, detect_linear_head(model, layer, example, records))
         self._report_guided_coverage(example)
 

@@ -63,28 +63,44 @@ def trace_module_outputs(model: nn.Module, example: torch.Tensor) -> tuple[list[
     return records, logits
 
 
-def _is_spatial(record: LayerRecord) -> bool:
+def _fits_input(height: int, width: int, input_size: tuple[int, int]) -> bool:
+    """Whether an h x w grid has the input's aspect ratio, up to one cell of rounding per side."""
+    in_h, in_w = input_size
+    return abs(height * in_w - width * in_h) <= in_h + in_w
+
+
+def is_channels_last(shape: tuple[int, ...], input_size: tuple[int, int]) -> bool:
+    """An N x H x W x C map (Swin stages, ConvNeXt blocks): its middle axes have the input's
+    aspect ratio and its last two don't, so reading it as N x C x H x W would be wrong."""
+    return (
+        len(shape) == 4
+        and _fits_input(shape[1], shape[2], input_size)
+        and not _fits_input(shape[2], shape[3], input_size)
+    )
+
+
+def _is_spatial(record: LayerRecord, input_size: tuple[int, int]) -> bool:
     shape = record.output_shape
-    return shape is not None and len(shape) == 4 and shape[2] * shape[3] > 1
+    return shape is not None and len(shape) == 4 and shape[2] * shape[3] > 1 and not is_channels_last(shape, input_size)
 
 
-def spatial_candidates(records: list[LayerRecord]) -> list[str]:
-    """Names of modules producing an N x C x H x W map (H*W > 1), last first, unique."""
+def spatial_candidates(records: list[LayerRecord], input_size: tuple[int, int]) -> list[str]:
+    """Names of modules producing a channels-first N x C x H x W map (H*W > 1), last first, unique."""
     names: list[str] = []
     for record in reversed(records):
-        usable = _is_spatial(record) and not isinstance(record.module, _SKIPPED_TYPES)
+        usable = _is_spatial(record, input_size) and not isinstance(record.module, _SKIPPED_TYPES)
         if usable and record.name not in names:
             names.append(record.name)
     return names
 
 
-def discover_target_layer(records: list[LayerRecord]) -> str:
+def discover_target_layer(records: list[LayerRecord], input_size: tuple[int, int]) -> str:
     """Name of the last module whose output is a spatial feature map before pooling.
 
     ResNet gives ``layer4``, GoogLeNet ``inception5b``, DenseNet/EfficientNet/MobileNet
     ``features``, SqueezeNet its final ReLU'd conv (``classifier.2``).
     """
-    candidates = spatial_candidates(records)
+    candidates = spatial_candidates(records, input_size)
     if not candidates:
         raise TargetLayerError(
             "no module of this model outputs a spatial feature map (N x C x H x W); "
@@ -102,13 +118,30 @@ def discover_target_layer(records: list[LayerRecord]) -> str:
     return chosen
 
 
-def resolve_target_layer(model: nn.Module, name: str, records: list[LayerRecord]) -> nn.Module:
-    """The module called ``name``, or a TargetLayerError listing usable names."""
+def _problem(module: nn.Module | None, records: list[LayerRecord], input_size: tuple[int, int]) -> str:
+    """Why ``module`` can't be explained, in words a user can act on."""
+    if module is None:
+        return "does not exist"
+    shapes = [r.output_shape for r in records if r.module is module and r.output_shape is not None]
+    if any(is_channels_last(shape, input_size) for shape in shapes):
+        shown = " x ".join(str(v) for v in shapes[-1])
+        return (
+            f"outputs {shown}, a channels-last (N x H x W x C) map, as transformer stages do; "
+            "Grad-CAM here needs a channels-first N x C x H x W map (channels-last and token layers "
+            "are not supported yet)"
+        )
+    return "does not output a spatial N x C x H x W map"
+
+
+def resolve_target_layer(
+    model: nn.Module, name: str, records: list[LayerRecord], input_size: tuple[int, int]
+) -> nn.Module:
+    """The module called ``name``, or a TargetLayerError saying why not and listing usable names."""
     module = dict(model.named_modules()).get(name)
-    if module is not None and any(r.module is module and _is_spatial(r) for r in records):
+    if module is not None and any(r.module is module and _is_spatial(r, input_size) for r in records):
         return module
-    candidates = spatial_candidates(records)[:12]
-    problem = "does not exist" if module is None else "does not output a spatial N x C x H x W map"
+    candidates = spatial_candidates(records, input_size)[:12]
+    problem = _problem(module, records, input_size)
     raise TargetLayerError(
         f"target layer {name!r} {problem} in {type(model).__name__}; "
         f"candidates (last first): {', '.join(candidates) or 'none'}"
