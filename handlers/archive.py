@@ -10,21 +10,27 @@ explained once before packing, so a broken MAR is refused here, not at deploy ti
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import yaml
 
-from .engine import METHODS, Explainer
-from .models import build_model, read_labels, read_state_dict
+from .engine import METHODS, Explainer, Job, TargetLayerError
+from .models import ModelClassError, ModelLoadError, build_model, parse_labels, read_label_file, read_state_dict
+from .preprocess import InputSpec
+from .serving.config import CONFIG_KEY, LIMIT_DEFAULTS, ServingConfig
+from .serving.options import FORMATS, SIZES, OptionParser
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +40,143 @@ ENTRY_FILE = PACKAGE_DIR / "serving" / "gradcam_entry.py"
 _NOT_SHIPPED = shutil.ignore_patterns(
     "__pycache__", "*.pyc", "*.pth", "*.pt", "samples", "client", "viewer", "evaluation"
 )
+# torch-model-archiver's own rule for model names; it also keeps the name a plain file name.
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# One flag per per-model limit of the serving config; each default comes from its table.
+LIMIT_FLAGS = {key: "--" + key.removesuffix("_s").replace("_", "-") for key in LIMIT_DEFAULTS}
+_LIMIT_HELP = {
+    "max_image_pixels": "refuse larger images with 413",
+    "max_targets": "most classes one request may name or explain",
+    "max_top_k": "most predictions one request may ask for (top_k)",
+    "max_response_bytes": "refuse answers larger than this with 413; keep it below the server's max_response_size",
+    "max_jpeg_scans": "refuse progressive JPEGs with more scans (decode-time bomb)",
+    "decode_timeout_s": "seconds one image may take to decode",
+}
+# Bounds of the TorchServe keys, with the reason for each upper bound in the flag's help.
+BATCH_SIZE = (1, 256)
+BATCH_DELAY_MS = (0, 60_000)
+RESPONSE_TIMEOUT_S = (1, 3_600)
+WORKERS = (1, 128)
+TORCH_THREADS = (1, 256)
+INPUT_SIDE = (1, 8_192)
+
+
+class UsageError(Exception):
+    """An argument that cannot work, found after parsing; the message names its flag."""
+
+    def __init__(self, flag: str, message: str) -> None:
+        super().__init__(f"argument {flag}: {message}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Everything a MAR is built from, validated before any model is built."""
+
+    name: str
+    config: dict[str, Any]
+    labels: list[str]
+    weights: Path
+    extra: list[Path]
+
+
+def _spec_default(name: str) -> Any:
+    """The default of InputSpec field ``name`` (ImageNet mean/std): one source for them."""
+    return next(f.default for f in dataclasses.fields(InputSpec) if f.name == name)
+
+
+def _input_dict(spec: InputSpec) -> dict[str, Any]:
+    """An InputSpec as the ``gradcam.input`` section of the model config."""
+    section: dict[str, Any] = {
+        "resize": spec.resize if isinstance(spec.resize, int) else list(spec.resize),
+        "interpolation": spec.interpolation,
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+    }
+    if spec.crop is not None:
+        section["crop"] = spec.crop
+    return section
+
+
+def _existing_file(flag: str, path: str) -> Path:
+    """``path`` when it is a readable file, else a UsageError naming ``flag``."""
+    if not os.path.isfile(path):
+        raise UsageError(flag, f"no such file: {path}")
+    if not os.access(path, os.R_OK):
+        raise UsageError(flag, f"cannot read {path}: permission denied")
+    return Path(path)
+
+
+def _labels(path: str) -> list[str]:
+    """The labels of ``--labels``, refused with the file's problem on one line."""
+    try:
+        return read_label_file(str(_existing_file("--labels", path)))
+    except ModelLoadError as error:
+        raise UsageError("--labels", str(error)) from None
+
+
+def _inspection(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], list[str], Path, list[Path]]:
+    """The embedded default model: its spec, labels and weights."""
+    from .inspection import CLASSES, WEIGHTS_FILE
+    from .inspection.synthetic import INPUT_SPEC
+
+    return {"builder": "inspection"}, _input_dict(INPUT_SPEC), list(CLASSES), Path(WEIGHTS_FILE), []
+
+
+def _torchvision(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], list[str], Path, list[Path]]:
+    """A torchvision architecture: its preset transforms, ImageNet or ``--labels`` labels, ``--weights``."""
+    import torchvision
+
+    known = torchvision.models.list_models(module=torchvision.models)
+    if args.arch not in known:
+        close = difflib.get_close_matches(args.arch, known, n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else "see torchvision.models.list_models()"
+        raise UsageError("--arch", f"unknown torchvision classification architecture {args.arch!r}; {hint}")
+    weights = _existing_file("--weights", args.weights)
+    weights_enum = torchvision.models.get_model_weights(args.arch).DEFAULT
+    preset = weights_enum.transforms()
+    spec = {
+        "resize": int(preset.resize_size[0]),
+        "crop": int(preset.crop_size[0]),
+        "interpolation": preset.interpolation.value,
+        "mean": list(preset.mean),
+        "std": list(preset.std),
+    }
+    categories = list(weights_enum.meta["categories"])
+    labels = _labels(args.labels) if args.labels else parse_labels(categories, f"{args.arch} categories")
+    return {"builder": "torchvision", "arch": args.arch, "num_classes": len(labels)}, spec, labels, weights, []
+
+
+def _model_kwargs(text: str) -> dict[str, Any]:
+    """``--model-kwargs``: a JSON object of constructor arguments."""
+    try:
+        kwargs = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UsageError("--model-kwargs", f"not valid JSON ({error}): {text!r}") from None
+    if not isinstance(kwargs, dict):
+        raise UsageError("--model-kwargs", f"must be a JSON object like '{{\"num_classes\": 3}}', got {text!r}")
+    return kwargs
+
+
+def _custom(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], list[str], Path, list[Path]]:
+    """The user's model file, class, kwargs, input size, normalisation, labels and weights."""
+    model_file = _existing_file("--model-file", args.model_file)
+    if model_file.suffix != ".py":
+        raise UsageError("--model-file", f"must be a Python file (.py), got {model_file.name}")
+    model: dict[str, Any] = {"builder": "file", "file": model_file.name}
+    if args.model_class:
+        model["class"] = args.model_class
+    if args.model_kwargs:
+        model["kwargs"] = _model_kwargs(args.model_kwargs)
+    weights = _existing_file("--weights", args.weights)
+    spec: dict[str, Any] = {
+        "resize": args.resize if args.resize else [args.input_size, args.input_size],
+        "interpolation": "bilinear",
+        "mean": args.mean,
+        "std": args.std,
+    }
+    if args.resize:
+        spec["crop"] = args.input_size
+    return model, spec, _labels(args.labels), weights, [model_file]
 
 
 def model_config(args: argparse.Namespace, model: dict[str, Any], input_spec: dict[str, Any]) -> dict[str, Any]:
@@ -49,7 +192,7 @@ def model_config(args: argparse.Namespace, model: dict[str, Any], input_spec: di
         "model": model,
         "input": input_spec,
         "defaults": defaults,
-        "max_image_pixels": args.max_image_pixels,
+        **{key: getattr(args, key) for key in LIMIT_DEFAULTS},
     }
     if args.target_layer:
         section["target_layer"] = args.target_layer
@@ -61,119 +204,121 @@ def model_config(args: argparse.Namespace, model: dict[str, Any], input_spec: di
         "batchSize": args.batch_size,
         "maxBatchDelay": args.max_batch_delay,
         "responseTimeout": args.response_timeout,
-        "gradcam": section,
+        CONFIG_KEY: section,
     }
 
 
-def _inspection(args: argparse.Namespace) -> tuple[dict, dict, list[str], Path, list[Path]]:
-    from .inspection import CLASSES, WEIGHTS_FILE
-    from .inspection.synthetic import INPUT_SPEC
-
-    spec = {
-        "resize": list(INPUT_SPEC.resize),
-        "interpolation": INPUT_SPEC.interpolation,
-        "mean": list(INPUT_SPEC.mean),
-        "std": list(INPUT_SPEC.std),
-    }
-    return {"builder": "inspection"}, spec, list(CLASSES), Path(WEIGHTS_FILE), []
+def _flag_of(message: str) -> str:
+    """The flag behind a config or option error message ('gradcam.max_targets', option 'top_k')."""
+    keys = {**LIMIT_FLAGS, "torch_threads": "--torch-threads", "target_layer": "--target-layer"}
+    for key, flag in keys.items():
+        if f"'{CONFIG_KEY}.{key}'" in message:
+            return flag
+    found = re.search(r"option '(\w+)'", message)
+    return "--" + found.group(1).replace("_", "-") if found else "--mean/--std/--input-size"
 
 
-def _torchvision(args: argparse.Namespace) -> tuple[dict, dict, list[str], Path, list[Path]]:
-    import torchvision
-
-    weights_enum = torchvision.models.get_model_weights(args.arch).DEFAULT
-    preset = weights_enum.transforms()
-    spec = {
-        "resize": int(preset.resize_size[0]),
-        "crop": int(preset.crop_size[0]),
-        "interpolation": preset.interpolation.value,
-        "mean": list(preset.mean),
-        "std": list(preset.std),
-    }
-    labels = _read_label_file(args.labels) if args.labels else list(weights_enum.meta["categories"])
-    return (
-        {"builder": "torchvision", "arch": args.arch, "num_classes": len(labels)},
-        spec,
-        labels,
-        Path(args.weights),
-        [],
-    )
+def validate_config(config: dict[str, Any], labels: list[str]) -> ServingConfig:
+    """Everything the worker checks at load that needs no model: the same code, so the same rules."""
+    try:
+        serving = ServingConfig.from_yaml(config)
+        OptionParser(labels, list(METHODS), serving.defaults, serving.max_targets)
+    except ValueError as error:
+        message = str(error).removeprefix(f"invalid '{CONFIG_KEY}.defaults' in the model config: ")
+        for key in LIMIT_DEFAULTS:
+            message = message.replace(f"'{CONFIG_KEY}.{key}' ", "")
+        message = re.sub(r"^option '\w+' ", "", message)
+        raise UsageError(_flag_of(str(error)), message) from None
+    if serving.defaults["top_k"] > serving.max_top_k:
+        raise UsageError(
+            "--top-k", f"must be at most --max-top-k ({serving.max_top_k}), got {serving.defaults['top_k']}"
+        )
+    return serving
 
 
-def _custom(args: argparse.Namespace) -> tuple[dict, dict, list[str], Path, list[Path]]:
-    model_file = Path(args.model_file)
-    model: dict[str, Any] = {"builder": "file", "file": model_file.name}
-    if args.model_class:
-        model["class"] = args.model_class
-    if args.model_kwargs:
-        model["kwargs"] = json.loads(args.model_kwargs)
-    spec: dict[str, Any] = {
-        "resize": args.resize if args.resize else [args.input_size, args.input_size],
-        "interpolation": "bilinear",
-        "mean": args.mean,
-        "std": args.std,
-    }
-    if args.resize:
-        spec["crop"] = args.input_size
-    return model, spec, _read_label_file(args.labels), Path(args.weights), [model_file]
-
-
-def _read_label_file(path: str) -> list[str]:
-    """Labels from a JSON list, a JSON {"0": name} object, or a text file with one per line."""
-    text = Path(path).read_text(encoding="utf-8")
-    if path.endswith(".json"):
-        data = json.loads(text)
-        if isinstance(data, dict):
-            return [data[str(i)] if isinstance(data[str(i)], str) else data[str(i)][-1] for i in range(len(data))]
-        return [str(label) for label in data]
-    return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def check_model(config: dict[str, Any], stage: Path, weights: Path) -> Explainer:
-    """Build, load and explain once, as the worker will: refuses a broken MAR early."""
-    from .serving.config import ServingConfig
-    from .serving.options import OptionParser
-
-    serving = ServingConfig.from_yaml(config)
-    state = read_state_dict(str(weights), torch.device("cpu"))
-    model = build_model(serving.model, str(stage), state)
-    explainer = Explainer(model, serving.input.size, serving.target_layer)
-    labels = read_labels(str(stage / "index_to_name.json"), explainer.num_classes)
-    OptionParser(labels, list(METHODS), serving.defaults, serving.max_targets)
-    return explainer
-
-
-def build_mar(args: argparse.Namespace) -> Path:
-    """Stage the package + config + labels, check the model, run torch-model-archiver."""
+def plan_mar(args: argparse.Namespace) -> Plan:
+    """Validate every argument and read the labels: fast, and before any model is built."""
+    name = args.name or (args.arch if args.kind == "torchvision" else args.kind)
+    if not _MODEL_NAME.fullmatch(name):
+        raise UsageError(
+            "--name",
+            f"{name!r} is not a plain model name (letters, digits, '_', '-', '.'; starting with a letter or digit)",
+        )
     model, input_spec, labels, weights, extra = {
         "inspection": _inspection,
         "torchvision": _torchvision,
         "custom": _custom,
     }[args.kind](args)
     config = model_config(args, model, input_spec)
+    validate_config(config, labels)
+    return Plan(name, config, labels, weights, extra)
+
+
+def _model_class_error(error: ModelClassError, wanted: str | None) -> UsageError:
+    """``--model-class`` advice for a model file with no, several or no such nn.Module class."""
+    classes = ", ".join(error.classes) or "none"
+    if wanted:
+        return UsageError("--model-class", f"the model file has no nn.Module class {wanted!r}; its classes: {classes}")
+    if error.classes:
+        return UsageError("--model-class", f"the model file defines several nn.Module classes ({classes}): name one")
+    return UsageError("--model-file", "the model file defines no nn.Module class")
+
+
+def check_model(plan: Plan, stage: Path) -> Explainer:
+    """Build, load and explain once, as the worker will: refuses a broken MAR early."""
+    serving = ServingConfig.from_yaml(plan.config)
+    state = read_state_dict(str(plan.weights), torch.device("cpu"))
+    try:
+        explainer = Explainer(build_model(serving.model, str(stage), state), serving.input.size, serving.target_layer)
+    except ModelClassError as error:
+        raise _model_class_error(error, serving.model.get("class")) from None
+    except TargetLayerError as error:
+        raise UsageError("--target-layer", str(error)) from None
+    except RuntimeError as error:
+        if isinstance(error, ModelLoadError):
+            raise
+        raise ModelLoadError(
+            f"the model fails on a 1x3x{serving.input.size[0]}x{serving.input.size[1]} input: {error}"
+        ) from None
+    if len(plan.labels) != explainer.num_classes:
+        raise UsageError("--labels", f"{len(plan.labels)} labels but the model outputs {explainer.num_classes} classes")
+    images = torch.rand((2, 3, *serving.input.size), generator=torch.Generator().manual_seed(0))
+    explainer.explain(images, [Job("gradcam"), Job("guided_gradcam")])
+    return explainer
+
+
+def _stage(plan: Plan, tmp: Path) -> tuple[Path, Path]:
+    """The extra-files folder (package, model file, labels) and the model-config YAML, under ``tmp``."""
+    stage = tmp / "files"
+    shutil.copytree(PACKAGE_DIR, stage / "handlers", ignore=_NOT_SHIPPED)
+    for path in plan.extra:
+        shutil.copy2(path, stage / path.name)
+    labels = {str(i): name for i, name in enumerate(plan.labels)}
+    (stage / "index_to_name.json").write_text(json.dumps(labels, indent=1, ensure_ascii=False), encoding="utf-8")
+    config_file = tmp / "model-config.yaml"
+    config_file.write_text(yaml.safe_dump(plan.config, sort_keys=False), encoding="utf-8")
+    return stage, config_file
+
+
+def build_mar(plan: Plan, args: argparse.Namespace) -> Path:
+    """Stage the package + config + labels, check the model, run torch-model-archiver."""
     export = Path(args.export_path)
     export.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="gradcam-mar-") as tmp:
-        stage = Path(tmp) / "files"
-        shutil.copytree(PACKAGE_DIR, stage / "handlers", ignore=_NOT_SHIPPED)
-        for path in extra:
-            shutil.copy2(path, stage / path.name)
-        (stage / "index_to_name.json").write_text(json.dumps({str(i): name for i, name in enumerate(labels)}, indent=1))
-        config_file = Path(tmp) / "model-config.yaml"
-        config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+        stage, config_file = _stage(plan, Path(tmp))
         if args.check:
-            explainer = check_model(config, stage, weights)
+            explainer = check_model(plan, stage)
             logger.info("model checked: target layer %s, %d classes", explainer.layer_name, explainer.num_classes)
         command = [
             sys.executable,
             "-c",
             "from model_archiver.model_packaging import generate_model_archive as g; g()",
             "--model-name",
-            args.name,
+            plan.name,
             "--version",
             args.version,
             "--serialized-file",
-            str(weights),
+            str(plan.weights),
             "--handler",
             str(ENTRY_FILE),
             "--extra-files",
@@ -186,35 +331,110 @@ def build_mar(args: argparse.Namespace) -> Path:
         ]
         # The archiver stages in $TMPDIR/<model name>: give it a private one.
         subprocess.run(command, check=True, env={**os.environ, "TMPDIR": tmp})
-    return export / f"{args.name}.mar"
+    return export / f"{plan.name}.mar"
 
 
-def parser() -> argparse.ArgumentParser:
-    """Command-line interface; one sub-command per kind of model."""
-    main = argparse.ArgumentParser(prog="python -m handlers.archive", description=__doc__.split("\n\n")[0])
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--name", help="model name (default: the kind or the arch)")
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (no usage block): ``prog: error: message``."""
+
+    def error(self, message: str) -> NoReturn:
+        """Exit 2 with the message on one line, as argparse does but without the usage text."""
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
+def _whole(low: int, high: int) -> Any:
+    """An argparse type: a whole number from ``low`` to ``high``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0 (a standard deviation)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def _add_limits(common: argparse.ArgumentParser) -> None:
+    """One flag per per-model limit of the serving config, its default from LIMIT_DEFAULTS."""
+    for key, default in LIMIT_DEFAULTS.items():
+        common.add_argument(
+            LIMIT_FLAGS[key],
+            dest=key,
+            type=type(default),
+            default=default,
+            help=f"{_LIMIT_HELP.get(key, 'per-model limit')} (default {default:,})",
+        )
+
+
+def _add_common(common: argparse.ArgumentParser) -> None:
+    """Flags of every kind of model: name, batching, workers, defaults for requests, limits."""
+    common.add_argument("--name", help="model name, a plain file name (default: the kind or the arch)")
     common.add_argument("--version", default="1.0")
     common.add_argument("--export-path", default="model_store", help="where the .mar goes (default: model_store)")
-    common.add_argument("--batch-size", type=int, default=8, help="TorchServe batchSize (default 8)")
-    common.add_argument("--max-batch-delay", type=int, default=50, help="ms to wait for a batch to fill (default 50)")
     common.add_argument(
-        "--workers", type=int, help="min = max workers (default: the server's default_workers_per_model, one per core)"
+        "--batch-size",
+        type=_whole(*BATCH_SIZE),
+        default=8,
+        help=f"TorchServe batchSize, {BATCH_SIZE[0]}..{BATCH_SIZE[1]} (default 8): one batch is one forward and "
+        "backward in one worker, its memory grows with the batch, and larger batches stop paying off on a CPU",
     )
     common.add_argument(
-        "--torch-threads", type=int, help="torch threads per worker (default: OMP_NUM_THREADS if set, else 1)"
+        "--max-batch-delay",
+        type=_whole(*BATCH_DELAY_MS),
+        default=50,
+        help=f"ms to wait for a batch to fill, {BATCH_DELAY_MS[0]}..{BATCH_DELAY_MS[1]} (default 50): "
+        "every request may wait this long, so a minute is already far too long",
     )
-    common.add_argument("--response-timeout", type=int, default=120, help="seconds (default 120)")
+    common.add_argument(
+        "--workers",
+        type=_whole(*WORKERS),
+        help=f"min = max workers, {WORKERS[0]}..{WORKERS[1]}, each a process with its own copy of the model "
+        "(default: the server's default_workers_per_model, one per core)",
+    )
+    common.add_argument(
+        "--torch-threads",
+        type=_whole(*TORCH_THREADS),
+        help=f"torch threads per worker, {TORCH_THREADS[0]}..{TORCH_THREADS[1]}, at most the cores of one machine "
+        "(default: OMP_NUM_THREADS if set, else 1)",
+    )
+    common.add_argument(
+        "--response-timeout",
+        type=_whole(*RESPONSE_TIMEOUT_S),
+        default=120,
+        help=f"seconds one batch may take before TorchServe restarts the worker, {RESPONSE_TIMEOUT_S[0]}.."
+        f"{RESPONSE_TIMEOUT_S[1]} (default 120)",
+    )
     common.add_argument("--target-layer", help="module name to explain (default: discovered)")
-    common.add_argument("--method", default="gradcam", help="default method: gradcam, guided_gradcam or none")
+    common.add_argument("--method", choices=list(METHODS), default="gradcam", help="default method (default gradcam)")
     common.add_argument("--top-k", type=int, default=3, help="predictions returned by default (default 3)")
     common.add_argument(
         "--top-k-explanations", type=int, default=1, help="top classes explained by default (default 1)"
     )
-    common.add_argument("--format", default="grid", help="default format: grid, png, overlay or raw")
-    common.add_argument("--size", default="feature", help="default map size for grid/png: feature or input")
-    common.add_argument("--max-image-pixels", type=int, default=40_000_000, help="refuse larger images (413)")
+    common.add_argument("--format", choices=FORMATS, default="grid", help="default format (default grid)")
+    common.add_argument("--size", choices=SIZES, default="feature", help="default map size for grid/png")
+    _add_limits(common)
     common.add_argument("--no-check", dest="check", action="store_false", help="skip building the model before packing")
+
+
+def parser() -> argparse.ArgumentParser:
+    """Command-line interface; one sub-command per kind of model."""
+    main = _Parser(prog="python -m handlers.archive", description=(__doc__ or "").split("\n\n")[0])
+    common = _Parser(add_help=False)
+    _add_common(common)
     kinds = main.add_subparsers(dest="kind", required=True)
     kinds.add_parser("inspection", parents=[common], help="the embedded default model (synthetic metal surfaces)")
     tv = kinds.add_parser("torchvision", parents=[common], help="a torchvision architecture with your weights")
@@ -226,19 +446,43 @@ def parser() -> argparse.ArgumentParser:
     custom.add_argument("--model-class", help="class name, if the file defines several modules")
     custom.add_argument("--model-kwargs", help="JSON object of constructor arguments")
     custom.add_argument("--weights", required=True, help="state_dict file (.pth)")
-    custom.add_argument("--labels", required=True, help='JSON list / {"0": name} / one label per line')
-    custom.add_argument("--input-size", type=int, required=True, help="square input side the model expects")
-    custom.add_argument("--resize", type=int, help="resize the shorter side to this, then centre-crop --input-size")
-    custom.add_argument("--mean", type=float, nargs=3, default=[0.485, 0.456, 0.406])
-    custom.add_argument("--std", type=float, nargs=3, default=[0.229, 0.224, 0.225])
+    custom.add_argument(
+        "--labels",
+        required=True,
+        help='UTF-8 file: JSON list, {"0": name} object (ImageNet-style ["n01440764", "tench"] values too) '
+        "or one label per line; labels must be unique, non-empty, not numbers, without commas or padding",
+    )
+    custom.add_argument("--input-size", type=_whole(*INPUT_SIDE), required=True, help="square input side")
+    custom.add_argument(
+        "--resize", type=_whole(*INPUT_SIDE), help="resize the shorter side to this, then centre-crop --input-size"
+    )
+    custom.add_argument("--mean", type=float, nargs=3, default=list(_spec_default("mean")), help="(default ImageNet)")
+    custom.add_argument(
+        "--std", type=_positive_float, nargs=3, default=list(_spec_default("std")), help="(default ImageNet)"
+    )
     return main
 
 
+def _failed(error: BaseException) -> str:
+    """One line for a failed build: an OSError as 'reason: file', anything else as its message."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    if isinstance(error, subprocess.CalledProcessError):
+        return f"torch-model-archiver failed with exit status {error.returncode} (its output is above)"
+    return str(error)
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
-    args.name = args.name or (args.arch if args.kind == "torchvision" else args.kind)
+    """Validate all arguments, then build: expected errors are one line on stderr (exit 2 usage, 1 build)."""
+    cli = parser()
+    args = cli.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    path = build_mar(args)
+    try:
+        path = build_mar(plan_mar(args), args)
+    except UsageError as error:
+        cli.error(str(error))
+    except (ModelLoadError, OSError, subprocess.CalledProcessError) as error:
+        cli.exit(1, f"{cli.prog}: error: {' '.join(_failed(error).split())}\n")
     print(f"wrote {path}")
 
 

@@ -17,6 +17,8 @@ import inspect
 import json
 import logging
 import os
+import re
+from collections import Counter
 from typing import Any
 
 import torch
@@ -46,14 +48,33 @@ def _torchvision_model(spec: dict[str, Any], state: dict[str, torch.Tensor] | No
     return torchvision.models.get_model(arch, weights=None, **kwargs)
 
 
-def _file_model(spec: dict[str, Any], model_dir: str) -> nn.Module:
-    path = os.path.join(model_dir, spec.get("file", ""))
-    if not spec.get("file") or not os.path.isfile(path):
-        raise ModelLoadError(f"model file {spec.get('file')!r} is missing from the MAR")
+class ModelClassError(ModelLoadError):
+    """The model file defines no or several nn.Module classes and none was named; ``classes`` lists them."""
+
+    def __init__(self, message: str, classes: list[str]) -> None:
+        super().__init__(message)
+        self.classes = classes
+
+
+def _import_file(path: str, name: str) -> Any:
+    """The module in ``path``; any exception it raises on import becomes a one-line ModelLoadError."""
     module_spec = importlib.util.spec_from_file_location(f"user_model_{abs(hash(path))}", path)
-    assert module_spec is not None and module_spec.loader is not None
+    if module_spec is None or module_spec.loader is None:
+        raise ModelLoadError(f"model file {name!r} is not a Python file")
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as error:  # noqa: BLE001 - user code may raise anything on import
+        raise ModelLoadError(f"model file {name!r} failed to import: {type(error).__name__}: {error}") from None
+    return module
+
+
+def _file_model(spec: dict[str, Any], model_dir: str) -> nn.Module:
+    name = spec.get("file") or ""
+    path = os.path.join(model_dir, name)
+    if not name or not os.path.isfile(path):
+        raise ModelLoadError(f"model file {spec.get('file')!r} is missing from the MAR")
+    module = _import_file(path, name)
     classes = [
         obj
         for _, obj in inspect.getmembers(module, inspect.isclass)
@@ -62,11 +83,19 @@ def _file_model(spec: dict[str, Any], model_dir: str) -> nn.Module:
     wanted = spec.get("class")
     chosen = [c for c in classes if c.__name__ == wanted] if wanted else classes
     if len(chosen) != 1:
-        names = ", ".join(c.__name__ for c in classes) or "none"
-        raise ModelLoadError(
-            f"model file {spec['file']!r} must define one nn.Module class (or name it with 'class'); found: {names}"
+        names = [c.__name__ for c in classes]
+        raise ModelClassError(
+            f"model file {name!r} must define one nn.Module class (or name it with 'class'); "
+            f"found: {', '.join(names) or 'none'}",
+            names,
         )
-    return chosen[0](**dict(spec.get("kwargs") or {}))
+    kwargs = spec.get("kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise ModelLoadError(f"gradcam.model.kwargs must be a mapping of constructor arguments, got {kwargs!r}")
+    try:
+        return chosen[0](**kwargs)
+    except Exception as error:  # noqa: BLE001 - a user constructor may raise anything
+        raise ModelLoadError(f"{chosen[0].__name__}(**{kwargs!r}) failed: {type(error).__name__}: {error}") from None
 
 
 def read_state_dict(path: str, device: torch.device) -> dict[str, torch.Tensor]:
@@ -85,6 +114,28 @@ def read_state_dict(path: str, device: torch.device) -> dict[str, torch.Tensor]:
     return state
 
 
+def _fit_problem(model: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """Why ``state`` does not load strictly into ``model`` (missing, unexpected, mis-shaped keys), on one line."""
+    expected = model.state_dict()
+    problems = [
+        f"{what} {_listed(keys)}"
+        for what, keys in (
+            ("missing keys", [k for k in expected if k not in state]),
+            ("unexpected keys", [k for k in state if k not in expected]),
+            (
+                "shape mismatch at",
+                [
+                    f"{k} (file {list(state[k].shape)}, model {list(v.shape)})"
+                    for k, v in expected.items()
+                    if k in state and state[k].shape != v.shape
+                ],
+            ),
+        )
+        if keys
+    ]
+    return "; ".join(problems) or None
+
+
 def build_model(spec: dict[str, Any], model_dir: str, state: dict[str, torch.Tensor] | None) -> nn.Module:
     """The model the spec names, with ``state`` loaded strictly when given."""
     builder = spec.get("builder")
@@ -99,27 +150,121 @@ def build_model(spec: dict[str, Any], model_dir: str, state: dict[str, torch.Ten
     else:
         raise ModelLoadError(f"gradcam.model.builder {builder!r} is not one of {', '.join(BUILDERS)}")
     if state is not None:
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as error:
-            raise ModelLoadError(f"weights do not fit the {type(model).__name__} architecture: {error}") from None
+        problem = _fit_problem(model, state)
+        if problem:
+            raise ModelLoadError(f"weights do not fit the {type(model).__name__} architecture: {problem}")
+        model.load_state_dict(state, strict=True)
     return model
 
 
+# A label a request can name: in a header or form field, as one item of a comma list,
+# and not mistaken for a class index (OptionParser reads "-?[0-9]+" as an index).
+_INDEX_LIKE = re.compile(r"-?[0-9]+")
+_MAX_SHOWN = 5
+
+
+def _label_problem(label: str) -> str | None:
+    """Why ``label`` cannot be targeted by name, or None when it can."""
+    if not label:
+        return "is empty"
+    if label != label.strip():
+        return "has leading or trailing whitespace"
+    if _INDEX_LIKE.fullmatch(label):
+        return "is a number (a target of digits means a class index)"
+    if "," in label:
+        return "contains a comma (a target list is comma-separated)"
+    if any(not character.isprintable() for character in label):
+        return "contains a control character"
+    return None
+
+
+def _label_value(value: Any) -> str | None:
+    """A label entry as text: a string, or the name of an ImageNet-style ``["n01440764", "tench"]`` pair."""
+    if isinstance(value, list) and value and all(isinstance(item, str) for item in value):
+        return value[-1]
+    return value if isinstance(value, str) else None
+
+
+def _listed(items: list[str]) -> str:
+    return ", ".join(items[:_MAX_SHOWN]) + (f", ... ({len(items)} in all)" if len(items) > _MAX_SHOWN else "")
+
+
+def _ordered(data: dict[Any, Any], source: str) -> list[Any]:
+    """The values of a ``{"0": name, ...}`` object in index order; keys must be exactly "0".."n-1"."""
+    bad = [repr(key) for key in data if not (isinstance(key, str) and key.isascii() and key.isdigit())]
+    if bad:
+        raise ModelLoadError(f'{source}: keys must be class indices "0", "1", ...; got {_listed(bad)}')
+    non_canonical = [repr(key) for key in data if key != str(int(key))]
+    if non_canonical:
+        raise ModelLoadError(f"{source}: keys must be written without leading zeros; got {_listed(non_canonical)}")
+    indices = {int(key) for key in data}
+    missing = [str(i) for i in range(max(indices) + 1) if i not in indices]
+    if missing:
+        raise ModelLoadError(
+            f'{source}: keys must be "0".."{max(indices)}" with none missing; missing: {_listed(missing)}'
+        )
+    return [data[str(i)] for i in range(len(data))]
+
+
+def parse_labels(data: Any, source: str) -> list[str]:
+    """Class names from a decoded JSON list or ``{"0": name}`` object, each checked to be targetable.
+
+    One set of rules for the archive CLI and the worker: strings (or ImageNet-style
+    pairs), unique, none empty, padded, numeric, comma-bearing or with control characters.
+    """
+    if isinstance(data, dict):
+        data = _ordered(data, source) if data else []
+    if not isinstance(data, list):
+        raise ModelLoadError(f'{source}: labels must be a JSON list or a {{"0": name, ...}} object')
+    if not data:
+        raise ModelLoadError(f"{source}: no labels")
+    names: list[str] = []
+    for index, value in enumerate(data):
+        name = _label_value(value)
+        if name is None:
+            raise ModelLoadError(f"{source}: label {index} is {value!r}, not a string")
+        problem = _label_problem(name)
+        if problem:
+            raise ModelLoadError(f"{source}: label {index} {name!r} {problem}")
+        names.append(name)
+    duplicates = [repr(name) for name, count in Counter(names).items() if count > 1]
+    if duplicates:
+        raise ModelLoadError(f"{source}: duplicate labels {_listed(duplicates)} (a target by name would be ambiguous)")
+    return names
+
+
+def read_label_file(path: str) -> list[str]:
+    """Labels from a UTF-8 file: JSON (``.json``: list or {"0": name} object) or one label per line."""
+    source = os.path.basename(path)
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ModelLoadError(
+            f"{source} is not UTF-8 text (byte 0x{raw[error.start]:02x} at offset {error.start}): save it as UTF-8"
+        ) from None
+    if not path.endswith(".json"):
+        lines = text.splitlines()
+        while lines and not lines[-1].strip():  # blank lines at the end shift no index
+            lines.pop()
+        return parse_labels(lines, source)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ModelLoadError(f"{source} is not valid JSON: {error}") from None
+    return parse_labels(data, source)
+
+
 def read_labels(path: str, num_classes: int) -> list[str]:
-    """Class names from ``index_to_name.json`` ({"0": "ok", ...}), or the indices as text."""
+    """The MAR's ``index_to_name.json`` checked against the model's class count, or the indices as text."""
     if not os.path.isfile(path):
         logger.warning("no index_to_name.json in the MAR: labels are the class indices")
         return [str(i) for i in range(num_classes)]
-    with open(path, encoding="utf-8") as handle:
-        mapping = json.load(handle)
-    if not isinstance(mapping, dict):
-        raise ModelLoadError('index_to_name.json must be an object {"0": "label", ...}')
-    labels = [mapping.get(str(i)) for i in range(num_classes)]
-    names = [label[-1] if isinstance(label, list) else label for label in labels]  # ImageNet style ["n0..", "name"]
-    if len(mapping) != num_classes or any(not isinstance(n, str) for n in names):
+    labels = read_label_file(path)
+    if len(labels) != num_classes:
         raise ModelLoadError(
-            f"index_to_name.json has {len(mapping)} labels but the model outputs {num_classes} classes "
+            f"index_to_name.json has {len(labels)} labels but the model outputs {num_classes} classes "
             f'(keys must be "0".."{num_classes - 1}")'
         )
-    return names
+    return labels

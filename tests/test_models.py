@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
 
 from handlers.inspection.network import InspectionNet
-from handlers.models import ModelLoadError, build_model, read_labels, read_state_dict
+from handlers.models import (
+    ModelClassError,
+    ModelLoadError,
+    build_model,
+    parse_labels,
+    read_label_file,
+    read_labels,
+    read_state_dict,
+)
 
 CPU = torch.device("cpu")
 
@@ -60,3 +69,84 @@ def test_labels(tmp_path):
     with pytest.raises(ModelLoadError, match="has 3 labels but the model outputs 4 classes"):
         read_labels(str(path), 4)
     assert read_labels(str(tmp_path / "absent.json"), 2) == ["0", "1"]
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (["ok", "2", "dent"], "label 1 '2' is a number"),
+        (["ok", "-1"], "label 1 '-1' is a number"),
+        (["ok", "ok"], "duplicate labels 'ok'"),
+        (["ok", ""], "label 1 '' is empty"),
+        (["ok", "a,b"], "label 1 'a,b' contains a comma"),
+        (["ok", "\tdent"], "label 1 '\\tdent' has leading or trailing whitespace"),
+        (["ok", "de\nnt"], "label 1 'de\\nnt' contains a control character"),
+        (["ok", None], "label 1 is None, not a string"),
+        (["ok", ["n01", 3]], "label 1 is ['n01', 3], not a string"),
+        ({"0": "ok", "2": "dent", "5": "x"}, 'keys must be "0".."5" with none missing; missing: 1, 3, 4'),
+        ({"0": "ok", "01": "dent"}, "without leading zeros; got '01'"),
+        ([], "no labels"),
+        ("ok", "labels must be a JSON list"),
+    ],
+)
+def test_one_set_of_label_rules(data, expected):
+    with pytest.raises(ModelLoadError, match=re.escape(expected)):
+        parse_labels(data, "labels.json")
+
+
+def test_worker_labels_use_the_same_rules(tmp_path):
+    path = tmp_path / "index_to_name.json"
+    path.write_text(json.dumps({"0": "ok", "1": "1", "2": "dent"}))
+    with pytest.raises(ModelLoadError, match=r"index_to_name\.json: label 1 '1' is a number"):
+        read_labels(str(path), 3)
+    path.write_bytes(json.dumps({"0": "ok", "1": "Kratzer", "2": "Delle"}).encode("utf-16"))
+    with pytest.raises(ModelLoadError, match=r"index_to_name\.json is not UTF-8 text"):
+        read_labels(str(path), 3)
+
+
+def test_label_file_formats(tmp_path):
+    (tmp_path / "a.txt").write_text("ok\r\nscratch\r\ndent\r\n\n")
+    (tmp_path / "b.json").write_text('["ok", "scratch", "dent"]')
+    (tmp_path / "c.json").write_bytes('\ufeff{"0": "ok", "1": ["n1", "Kratzer"], "2": "Ölfleck"}'.encode())
+    assert read_label_file(str(tmp_path / "a.txt")) == read_label_file(str(tmp_path / "b.json"))
+    assert read_label_file(str(tmp_path / "c.json")) == ["ok", "Kratzer", "Ölfleck"]
+
+
+MODEL_FILE = """
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, width: int = 4):
+        super().__init__()
+        self.conv = nn.Conv2d(3, width, 3)
+"""
+
+
+@pytest.mark.parametrize(
+    ("source", "spec", "error", "expected"),
+    [
+        ("raise ImportError('needs timm')", {}, ModelLoadError, "'m.py' failed to import: ImportError: needs timm"),
+        ("def broken(:\n", {}, ModelLoadError, "'m.py' failed to import: SyntaxError"),
+        (MODEL_FILE + "\nclass Head(nn.Module):\n    pass\n", {}, ModelClassError, "found: Head, Net"),
+        (MODEL_FILE, {"class": "Other"}, ModelClassError, "found: Net"),
+        (MODEL_FILE, {"kwargs": {"depth": 2}}, ModelLoadError, "Net(**{'depth': 2}) failed: TypeError"),
+        (MODEL_FILE, {"kwargs": [2]}, ModelLoadError, "kwargs must be a mapping"),
+    ],
+)
+def test_model_file_failures_are_one_line(tmp_path, source, spec, error, expected):
+    (tmp_path / "m.py").write_text(source)
+    with pytest.raises(error, match=re.escape(expected)) as raised:
+        build_model({"builder": "file", "file": "m.py", **spec}, str(tmp_path), None)
+    assert "\n" not in str(raised.value)
+
+
+def test_weight_mismatch_is_summarised_on_one_line(tmp_path):
+    (tmp_path / "m.py").write_text(MODEL_FILE)
+    state = {"conv.weight": torch.zeros(8, 3, 3, 3), "conv.bias": torch.zeros(8), "extra": torch.zeros(1)}
+    with pytest.raises(ModelLoadError) as raised:
+        build_model({"builder": "file", "file": "m.py"}, str(tmp_path), state)
+    assert str(raised.value) == (
+        "weights do not fit the Net architecture: unexpected keys extra; shape mismatch at "
+        "conv.weight (file [8, 3, 3, 3], model [4, 3, 3, 3]), conv.bias (file [8], model [4])"
+    )
