@@ -46,9 +46,11 @@ class TorchServe:
         workdir: Path,
         config: dict[str, str] | None = None,
         base_config: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         """``base_config``: a config.properties to start from (default: no token, 1 worker);
-        its addresses are always replaced by free loopback ports; ``config`` overrides last."""
+        its addresses are always replaced by free loopback ports; ``config`` overrides last;
+        ``env`` adds environment variables for the server and its workers."""
         self.model_store = model_store
         self.models = models
         self.workdir = workdir
@@ -71,6 +73,7 @@ class TorchServe:
         settings.update(config or {})
         self.config_path = workdir / "config.properties"
         self.config_path.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
+        self.env = dict(env or {})
         self.process: subprocess.Popen | None = None
 
     def url(self, kind: str = "inference") -> str:
@@ -80,7 +83,13 @@ class TorchServe:
         """Launch in the foreground of its own session; wait until each model has a READY worker."""
         logs = self.workdir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "LOG_LOCATION": str(logs), "METRICS_LOCATION": str(logs), "TMPDIR": str(self.workdir)}
+        env = {
+            **os.environ,
+            "LOG_LOCATION": str(logs),
+            "METRICS_LOCATION": str(logs),
+            "TMPDIR": str(self.workdir),
+            **self.env,
+        }
         command = [
             str(TORCHSERVE),
             "--start",
