@@ -28,6 +28,10 @@ class ApiError(Exception):
         return f"HTTP {self.status}: {message}" if self.status else message
 
 
+class ServerUnreachable(ApiError):
+    """No connection to the server at all: every other image would fail the same way, so none is sent."""
+
+
 def read_key_file(path: Path) -> str:
     """The inference key of TorchServe's ``key_file.json`` (``{"inference": {"key": ...}, ...}``)."""
     try:
@@ -84,7 +88,7 @@ class ExplainClient:
         except requests.Timeout:
             raise ApiError(f"no answer from {self.endpoint} within {self.timeout:g} s") from None
         except requests.ConnectionError:
-            raise ApiError(f"cannot connect to {self.endpoint}: is TorchServe running there?") from None
+            raise ServerUnreachable(f"cannot connect to {self.endpoint}: is TorchServe running there?") from None
         except requests.RequestException as error:
             raise ApiError(f"request failed: {error}") from None
         if answer.status_code >= 400:

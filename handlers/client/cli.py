@@ -3,16 +3,21 @@
 For every image: ``<stem>.overlay.png`` (the server's jet overlay), ``<stem>.json`` (its
 answer, overlays as file names) and with ``--sheet`` a four-panel ``<stem>.sheet.png``.
 Requests go out ``--concurrency`` at a time so the server can batch them. Exit status:
-0 all explained, 1 some image failed (the others are still done), 2 usage error.
+0 all explained, 1 some image failed (the others are still done) or the server is
+unreachable, 2 usage error, 130 interrupted (Ctrl-C). Every expected error is one line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import queue
+import re
 import sys
-from concurrent.futures import ThreadPoolExecutor, as_completed
+import threading
 from pathlib import Path
+from typing import NoReturn
+from urllib.parse import urlsplit
 
 from .api import ExplainClient, read_key_file
 from .inputs import collect, output_stems
@@ -20,17 +25,34 @@ from .pipeline import Pipeline, Request, Result
 from .report import Progress, summary
 
 METHODS = ("gradcam", "guided_gradcam", "none")
+DEFAULT_MODEL = "inspection"
+# A full inference URL pasted into --url: {base}/predictions/{model}[/{version}] (or /explanations/).
+_ENDPOINT = re.compile(r"(?P<base>.*?)/(?:predictions|explanations)/(?P<model>[^/]+(?:/[^/]+)?)/?")
+INTERRUPTED = 130  # the shell's status for a process ended by SIGINT
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line, ``prog: error: message`` (``--help`` shows the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Exit 2 with the message on one line, as argparse does but without the usage block."""
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
 def parser() -> argparse.ArgumentParser:
-    cli = argparse.ArgumentParser(
+    """The command line: image paths, server, model, options and output folder."""
+    cli = _Parser(
         prog="torchserve-gradcam",
         description="Send images to TorchServe; save Grad-CAM overlays, the JSON answers and optional contact sheets.",
     )
@@ -38,9 +60,11 @@ def parser() -> argparse.ArgumentParser:
         "paths", nargs="+", type=Path, metavar="PATH", help="image files and/or folders (scanned recursively)"
     )
     cli.add_argument(
-        "--url", default="http://127.0.0.1:8080", help="TorchServe inference address (default %(default)s)"
+        "--url",
+        default="http://127.0.0.1:8080",
+        help="TorchServe inference address (default %(default)s); a full .../predictions/MODEL URL names the model",
     )
-    cli.add_argument("--model", default="inspection", help="model name (default %(default)s)")
+    cli.add_argument("--model", help=f"model name (default: the one in --url, else {DEFAULT_MODEL})")
     cli.add_argument("--method", choices=METHODS, default="gradcam", help="explanation method (default %(default)s)")
     cli.add_argument(
         "--target",
@@ -70,48 +94,110 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _targets(values: list[str]) -> tuple[str, ...]:
+    """``--target`` values, repeated and/or comma-separated, as one tuple."""
     return tuple(item.strip() for value in values for item in value.split(",") if item.strip())
 
 
+def server_and_model(url: str, model: str | None) -> tuple[str, str]:
+    """The inference address and model name from ``--url``/``--model``; ValueError says what to pass."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"--url must be the server's inference address like http://127.0.0.1:8080, got {url!r}")
+    endpoint = _ENDPOINT.fullmatch(parts.path)
+    if endpoint is None:
+        return url.rstrip("/"), model or DEFAULT_MODEL
+    named = endpoint.group("model")
+    if model and model != named:
+        raise ValueError(f"--url names model {named!r} but --model says {model!r}: give the model once")
+    return f"{parts.scheme}://{parts.netloc}{endpoint.group('base')}", named
+
+
+def _work(pipeline: Pipeline, todo: queue.SimpleQueue, done: queue.SimpleQueue) -> None:
+    """One worker thread: explain queued images until none is left; outcomes (or the error) go to ``done``."""
+    while True:
+        try:
+            path, stem = todo.get_nowait()
+        except queue.Empty:
+            return
+        try:
+            done.put(pipeline.run(path, stem))
+        except BaseException as error:  # noqa: BLE001 - handed to the main thread, which re-raises it
+            done.put(error)
+
+
 def run(pipeline: Pipeline, stems: dict[Path, str], concurrency: int, progress: Progress) -> list[Result]:
-    """Explain every image with ``concurrency`` threads; results in input order."""
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        futures = {pool.submit(pipeline.run, path, stem): path for path, stem in stems.items()}
-        done: dict[Path, Result] = {}
-        for future in as_completed(futures):
-            result = future.result()
-            done[futures[future]] = result
-            progress.advance(result.ok)
+    """Explain every image with ``concurrency`` threads; results in input order.
+
+    The threads are daemons, so Ctrl-C ends the program at once instead of waiting for
+    requests in flight; an exception in a thread (a bug) is raised here.
+    """
+    todo: queue.SimpleQueue[tuple[Path, str]] = queue.SimpleQueue()
+    for item in stems.items():
+        todo.put(item)
+    done: queue.SimpleQueue[Result | BaseException] = queue.SimpleQueue()
+    for _ in range(min(concurrency, len(stems))):
+        threading.Thread(target=_work, args=(pipeline, todo, done), daemon=True).start()
+    results: dict[Path, Result] = {}
+    for _ in stems:
+        outcome = done.get()
+        if isinstance(outcome, BaseException):
+            raise outcome
+        results[outcome.path] = outcome
+        progress.advance(outcome.ok)
     progress.close()
-    return [done[path] for path in stems]
+    return [results[path] for path in stems]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point; returns the exit status."""
-    cli = parser()
-    args = cli.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+def report_failures(results: list[Result], prog: str) -> None:
+    """One stderr line per distinct error (the table on stdout has every image's row)."""
+    failed: dict[str, list[Path]] = {}
+    for result in results:
+        if result.error is not None:
+            failed.setdefault(result.error, []).append(result.path)
+    for error, paths in failed.items():
+        sys.stderr.write(f"{prog}: {paths[0] if len(paths) == 1 else f'{len(paths)} images'}: {error}\n")
+
+
+def _explain_all(cli: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Validate the arguments, explain every image, print the summary; returns the exit status."""
     try:
+        url, model = server_and_model(args.url, args.model)
         token = read_key_file(args.key_file) if args.key_file else args.token
         images = collect(args.paths)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:
         cli.error(str(error))
     if not images:
         cli.error(f"no image files found in {', '.join(map(str, args.paths))}")
     if args.method == "none" and args.target:
         cli.error("--target needs an explanation method (gradcam or guided_gradcam)")
-    args.out.mkdir(parents=True, exist_ok=True)
-    client = ExplainClient(args.url, args.model, token, args.timeout)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        cli.error(f"cannot create --out {args.out}: {error.strerror or error}")
+    client = ExplainClient(url, model, token, args.timeout)
     pipeline = Pipeline(client, Request(args.method, _targets(args.target), args.top_k), args.out, args.sheet)
     progress = Progress(len(images), sys.stderr, enabled=sys.stderr.isatty() and any(p.is_dir() for p in args.paths))
     try:
         results = run(pipeline, output_stems(images), args.concurrency, progress)
     finally:
         client.close()
+    report_failures(results, cli.prog)
     print(summary(results, Path.cwd(), args.out))
     return 0 if all(result.ok for result in results) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns the exit status (Ctrl-C: one line, 130)."""
+    cli = parser()
+    args = cli.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return _explain_all(cli, args)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{cli.prog}: interrupted\n")
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -22,13 +23,15 @@ def scan_folder(folder: Path) -> list[Path]:
 def collect(paths: Sequence[Path]) -> list[Path]:
     """Files given by name (always sent, whatever their suffix) and the images in folders; no duplicates.
 
-    Raises FileNotFoundError for a path that does not exist.
+    Raises FileNotFoundError for a path that does not exist, PermissionError for a file that cannot be read.
     """
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
             found.extend(scan_folder(path))
         elif path.is_file():
+            if not os.access(path, os.R_OK):
+                raise PermissionError(f"cannot read {path}: permission denied")
             found.append(path)
         else:
             raise FileNotFoundError(f"no such file or folder: {path}")

@@ -18,7 +18,7 @@ from typing import Any
 
 from PIL import Image
 
-from .api import ApiError, ExplainClient
+from .api import ApiError, ExplainClient, ServerUnreachable
 
 logger = logging.getLogger(__name__)
 
@@ -80,10 +80,17 @@ class Pipeline:
         self.request = request
         self.out_dir = out_dir
         self.sheet = sheet
+        self.unreachable: str | None = None  # the connection error, once the server could not be reached
 
     def run(self, path: Path, stem: str) -> Result:
-        """Explain ``path``; every failure ends up in ``Result.error``, never raised."""
+        """Explain ``path``; every failure ends up in ``Result.error``, never raised.
+
+        Once the server is unreachable, later images are not sent: they fail with the same error.
+        """
         result = Result(path)
+        if self.unreachable:
+            result.error = self.unreachable
+            return result
         try:
             image = path.read_bytes()
             result.answer = self.client.explain(image, path.name, self.request.fields())
@@ -91,6 +98,8 @@ class Pipeline:
             self._write(f"{stem}.json", json.dumps(result.answer, indent=2).encode())
             if self.sheet:
                 self._write_sheet(image, path, stem, result.answer, overlays)
+        except ServerUnreachable as error:
+            result.error = self.unreachable = str(error)
         except ApiError as error:
             result.error = str(error)
         except OSError as error:
