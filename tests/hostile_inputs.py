@@ -106,5 +106,18 @@ def corpus(max_image_pixels: int) -> list[Case]:
         Case("unknown target label", png, 400, {"X-Explain-Target": "rust"}, "not a class label"),
         Case("unknown method", png, 400, {"X-Explain-Method": "lime"}, "method"),
         json_case("valid base64 JSON", {"data": b64, "method": "guided_gradcam"}, 200),
+        json_case("target of 5000 digits", {"data": b64, "target": "9" * 5000}, 400, "not a class label"),
+        json_case("target that is a superscript digit", {"data": b64, "target": "²"}, 400, "not a class label"),
+        json_case("top_k of 5000 digits", {"data": b64, "top_k": "1" * 5000}, 400, "top_k"),
+        json_case("top_k over the cap", {"data": b64, "top_k": 50_000}, 400, "top_k"),
+        json_case("ten thousand targets", {"data": b64, "target": list(range(10_000))}, 400, "at most"),
+        Case(
+            "JSON nested 100,000 levels",
+            b"[" * 100_000 + b"]" * 100_000,
+            400,
+            {"Content-Type": "application/json"},
+            "nested too deeply",
+        ),
+        Case("base64 text as the raw body (curl -T file.b64)", b64.encode() + b"\n", 200),
     ]
     return cases
