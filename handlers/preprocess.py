@@ -43,6 +43,11 @@ class InputSpec:
         return self.resize
 
 
+# The decoder may shrink an image until each side is this many times what the resize keeps:
+# the antialiased resize then still averages several source pixels per output pixel, so the
+# tensor (and the map and overlay drawn on the view) match a full-size decode.
+DECODE_MARGIN = 2
+
 # Past this aspect ratio, resizing the shorter side first would build an enormous image;
 # the centre crop only keeps the middle, so cut the long side down before resizing.
 _MAX_ASPECT = 4.0
@@ -54,6 +59,18 @@ class Preprocessor:
     def __init__(self, spec: InputSpec) -> None:
         self.spec = spec
         self.interpolation = InterpolationMode(spec.interpolation)
+
+    def decode_size(self) -> tuple[int, int]:
+        """Smallest (width, height) an image may be decoded at without changing what the model sees.
+
+        Shorter-side resize: both sides >= DECODE_MARGIN x resize (so the shorter one is);
+        exact resize [h, w]: width >= DECODE_MARGIN x w and height >= DECODE_MARGIN x h.
+        """
+        resize = self.spec.resize
+        if isinstance(resize, int):
+            return (DECODE_MARGIN * resize, DECODE_MARGIN * resize)
+        height, width = resize
+        return (DECODE_MARGIN * width, DECODE_MARGIN * height)
 
     def view(self, image: Image.Image) -> Image.Image:
         """The RGB picture the model sees (resized and cropped), used for overlays."""
