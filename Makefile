@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 MAR := model_store/inspection.mar
 SOURCES := $(shell find handlers -name '*.py' -not -path '*/__pycache__/*' -not -path 'handlers/client/*' -not -path 'handlers/evaluation/*')
 
-.PHONY: venv serve test mar train clean java-check viewer browser bench eval soak
+.PHONY: venv serve test lint mar train clean java-check viewer browser bench eval soak
 
 venv: $(STAMP)
 
@@ -31,6 +31,12 @@ serve: $(STAMP) java-check $(MAR)
 
 test: $(STAMP) java-check browser
 	$(PY) -m pytest
+
+# Lint, format and type checks over the code, tests and benchmarks (settings in pyproject.toml).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 # Debian's Chromium for the viewer's browser test (Playwright's own download can't work
 # here). Installed when missing and apt is usable; otherwise that one test skips and says why.

@@ -138,7 +138,7 @@ def photo_like_jpegs(count: int = 4, size: tuple[int, int] = (500, 375)) -> tupl
     rng = np.random.default_rng(4)
     images = []
     for _ in range(count):
-        coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize(size, Image.BICUBIC)
+        coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize(size, Image.Resampling.BICUBIC)
         grain = rng.normal(0, 12, (size[1], size[0], 3))
         pixels = np.clip(np.asarray(coarse, dtype=np.float64) + grain, 0, 255).astype(np.uint8)
         buffer = io.BytesIO()

@@ -11,10 +11,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Callable
+from typing import cast
 
 import torch
 
-from handlers.engine import Explainer, Job
+from handlers.engine import Explainer, Job, SampleResult
 
 from . import baselines
 from .cases import Case, cases
@@ -130,7 +131,9 @@ def run(settings: Settings) -> Section:
             ]
             for name in calls
         ]
-        agreement = max_relative_difference(calls[GUIDED](), calls[NHWC_GUIDED]())
+        agreement = max_relative_difference(
+            cast(list[SampleResult], calls[GUIDED]()), cast(list[SampleResult], calls[NHWC_GUIDED]())
+        )
         section.add(
             f"### {case.name} ({case.input_size[0]}x{case.input_size[1]}), {wall.rounds} rounds × {repeat} "
             f"call(s); {noise.describe()}",

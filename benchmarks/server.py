@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import psutil
 import requests
@@ -35,8 +36,11 @@ def _torchserve_module() -> ModuleType:
     return module
 
 
-_module = _torchserve_module()
-TorchServe, free_port = _module.TorchServe, _module.free_port
+if TYPE_CHECKING:  # mypy finds it on its mypy_path
+    from torchserve_process import TorchServe, free_port
+else:
+    _module = _torchserve_module()
+    TorchServe, free_port = _module.TorchServe, _module.free_port
 
 
 def _worker_socket_base() -> int:

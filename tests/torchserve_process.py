@@ -74,6 +74,7 @@ class TorchServe:
         self.config_path = workdir / "config.properties"
         self.config_path.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
         self.env = dict(env or {})
+        self.keys: dict[str, str] = {}  # its token keys, for a config with token authorization on
         self.process: subprocess.Popen | None = None
 
     def url(self, kind: str = "inference") -> str:

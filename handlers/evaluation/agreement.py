@@ -255,10 +255,10 @@ def agreement(subject: str, as_shipped: bool = False) -> Agreement:
             comparisons.append(compare_maps(name, method, ours[method], reference(batch_images, batch_targets)))
     shipped = None
     if as_shipped:
-        reference = pytorch_grad_cam_raw(model, layer_name, images, targets, out_of_place=False)
-        shipped = compare_maps("pytorch-grad-cam GradCAM (as shipped)", "gradcam", ours["gradcam"], reference)
+        as_shipped_map = pytorch_grad_cam_raw(model, layer_name, images, targets, out_of_place=False)
+        shipped = compare_maps("pytorch-grad-cam GradCAM (as shipped)", "gradcam", ours["gradcam"], as_shipped_map)
     logger.info("%s: max normalised error %.2e", subject, max(c.max_error for c in comparisons))
-    map_size = tuple(ours["gradcam"].shape[-2:])
+    map_size = (int(ours["gradcam"].shape[-2]), int(ours["gradcam"].shape[-1]))
     return Agreement(
         subject, layer_name, side, map_size, tuple(targets), tuple(comparisons), guided_note, relus, shipped
     )

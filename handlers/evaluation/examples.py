@@ -69,9 +69,10 @@ def pick_examples(samples: Sequence[Sample], outcome: Localisation) -> list[Exam
             caption = f"{kind}, predicted {kind}: the maps point at it"
             examples.append(Example(f"correct_{kind}", samples[hit.index], kind, caption))
     mixed = next((m for m in outcome.mixed if m.discriminative), None)
-    for defect in DEFECTS if mixed else ():
-        caption = f"scratch+dent, maps of class {defect}: they pick the {defect}"
-        examples.append(Example(f"correct_mixed_{defect}", samples[mixed.index], defect, caption))
+    if mixed is not None:
+        for defect in DEFECTS:
+            caption = f"scratch+dent, maps of class {defect}: they pick the {defect}"
+            examples.append(Example(f"correct_mixed_{defect}", samples[mixed.index], defect, caption))
     wrong = next((d for d in outcome.defects if d.predicted != d.kind), None)
     if wrong:
         caption = f"{wrong.kind}, predicted {wrong.predicted} (wrong); maps of class {wrong.explained}"

@@ -26,7 +26,7 @@ def is_degenerate(values: torch.Tensor) -> bool:
     return peak == 0.0 or float(values.max() - values.min()) <= DEGENERATE_SPREAD * peak
 
 
-def mask_to_grid(mask: np.ndarray | torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+def mask_to_grid(mask: np.ndarray | torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
     """Downsample a pixel mask to a map grid: a cell is in the mask when any of its pixels is."""
     pixels = torch.as_tensor(mask, dtype=torch.float32)[None, None]
     return F.adaptive_max_pool2d(pixels, grid)[0, 0] > 0
@@ -38,12 +38,12 @@ def dilate(cells: torch.Tensor, radius: int = 1) -> torch.Tensor:
     return grown[0, 0] > 0
 
 
-def tolerance_region(mask: np.ndarray | torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+def tolerance_region(mask: np.ndarray | torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
     """The mask on the map grid, dilated by one cell: the pointing-game tolerance."""
     return dilate(mask_to_grid(mask, grid))
 
 
-def to_resolution(cells: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def to_resolution(cells: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     """A grid mask at pixel resolution (each cell becomes its block), to score input-size maps."""
     return F.interpolate(cells.float()[None, None], size=size, mode="nearest")[0, 0] > 0
 

@@ -111,7 +111,7 @@ def randomisation_test(model: nn.Module, images: torch.Tensor, methods: Sequence
 
     ``model`` itself is not modified: the cascade runs on a copy.
     """
-    size = tuple(images.shape[-2:])
+    size = (int(images.shape[-2]), int(images.shape[-1]))
     model = copy.deepcopy(model).eval()
     with torch.inference_mode():
         targets = model(images).argmax(1).tolist()
@@ -120,7 +120,9 @@ def randomisation_test(model: nn.Module, images: torch.Tensor, methods: Sequence
     for depth, layer in enumerate(cascade_layers(model)):
         torch.manual_seed(RANDOMISATION_SEED + depth)
         for module in layer.modules:
-            module.reset_parameters()
+            reset = module.reset_parameters
+            assert callable(reset), f"{type(module).__name__} has no reset_parameters()"
+            reset()
         rho, constant = {}, {}
         for method in methods:
             randomised = _maps(model, size, images, targets, method)

@@ -157,7 +157,7 @@ class GradCamHandler(BaseHandler):
         methods = Counter(p.options.method for p in valid)
         logger.info("batch of %d: %s, %d refused", len(prepared), dict(methods), len(prepared) - len(valid))
         if not valid:
-            return list(prepared)
+            return [item for item in prepared if isinstance(item, RequestError)]
         try:
             results: list[Outcome] = list(self._explain(valid))
         except Exception:  # find the request at fault instead of failing all

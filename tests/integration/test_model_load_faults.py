@@ -23,8 +23,9 @@ def rewrite(mar: Path, target: Path, replace: dict[str, bytes | None]) -> str:
     with zipfile.ZipFile(mar) as source, zipfile.ZipFile(target, "w") as out:
         for item in source.infolist():
             if item.filename in replace:
-                if replace[item.filename] is not None:
-                    out.writestr(item.filename, replace[item.filename])
+                data = replace[item.filename]
+                if data is not None:
+                    out.writestr(item.filename, data)
             else:
                 out.writestr(item, source.read(item.filename))
     return target.name
