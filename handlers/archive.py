@@ -376,6 +376,7 @@ def _add_limits(common: argparse.ArgumentParser) -> None:
             dest=key,
             type=type(default),
             default=default,
+            metavar="SECONDS" if isinstance(default, float) else "N",
             help=f"{_LIMIT_HELP.get(key, 'per-model limit')} (default {default:,})",
         )
 
@@ -397,7 +398,7 @@ def _add_common(common: argparse.ArgumentParser) -> None:
         type=_whole(*BATCH_DELAY_MS),
         default=50,
         help=f"ms to wait for a batch to fill, {BATCH_DELAY_MS[0]}..{BATCH_DELAY_MS[1]} (default 50): "
-        "every request may wait this long, so a minute is already far too long",
+        "every request may wait this long for batch-mates, so more than a minute is a mistake",
     )
     common.add_argument(
         "--workers",
