@@ -222,17 +222,13 @@ def validate_config(config: dict[str, Any], labels: list[str]) -> ServingConfig:
     """Everything the worker checks at load that needs no model: the same code, so the same rules."""
     try:
         serving = ServingConfig.from_yaml(config)
-        OptionParser(labels, list(METHODS), serving.defaults, serving.max_targets)
+        OptionParser(labels, list(METHODS), serving.defaults, serving.max_targets, serving.max_top_k)
     except ValueError as error:
         message = str(error).removeprefix(f"invalid '{CONFIG_KEY}.defaults' in the model config: ")
         for key in LIMIT_DEFAULTS:
             message = message.replace(f"'{CONFIG_KEY}.{key}' ", "")
         message = re.sub(r"^option '\w+' ", "", message)
         raise UsageError(_flag_of(str(error)), message) from None
-    if serving.defaults["top_k"] > serving.max_top_k:
-        raise UsageError(
-            "--top-k", f"must be at most --max-top-k ({serving.max_top_k}), got {serving.defaults['top_k']}"
-        )
     return serving
 
 

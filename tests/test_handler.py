@@ -208,11 +208,13 @@ def test_handler_reports_its_time(handler):
                 "candidates (last first): features",
             ],
         ),
-        (("--torch-threads", "0"), ["'gradcam.torch_threads' must be a whole number >= 1, got 0"]),
+        ((), ["'gradcam.torch_threads' must be a whole number >= 1, got 0"]),  # the CLI refuses it: edited YAML
     ],
 )
 def test_bad_model_config_fails_the_load_with_a_clear_log(tmp_path, caplog, flags, logged):
     context = custom_context(tmp_path, *flags)
+    if not flags:
+        context.model_yaml_config["gradcam"]["torch_threads"] = 0
     with caplog.at_level(logging.ERROR), pytest.raises(ValueError):
         GradCamHandler().initialize(context)
     for line in logged:
