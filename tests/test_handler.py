@@ -89,10 +89,10 @@ def handler(model_dir) -> GradCamHandler:
     return handler
 
 
-def image_bytes(seed: int, size=(40, 30), fmt="PNG") -> bytes:
+def image_bytes(seed: int, size=(40, 30), fmt="PNG", **params) -> bytes:
     array = (np.random.default_rng(seed).random((size[1], size[0], 3)) * 255).astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format=fmt)
+    Image.fromarray(array).save(buffer, format=fmt, **params)
     return buffer.getvalue()
 
 

@@ -148,3 +148,12 @@ def test_an_image_sent_as_a_urlencoded_form_gets_a_415_that_says_what_to_change(
     statuses, bodies, _ = run_batch(handler, [good_row(1), garbage_fields], headers)
     assert statuses == [200, 415]
     assert "urlencoded" in bodies[1]["error"] and "curl -T" in bodies[1]["error"]
+
+
+def test_the_models_jpeg_scan_limit_is_applied_per_request(tiny_context):
+    handler = handler_with(tiny_context, max_jpeg_scans=3)
+    progressive = {"body": bytearray(image_bytes(2, size=(64, 48), fmt="JPEG", progressive=True))}
+    baseline = {"body": bytearray(image_bytes(3, size=(64, 48), fmt="JPEG"))}
+    statuses, bodies, _ = run_batch(handler, [progressive, baseline])
+    assert statuses == [422, 200]
+    assert "scans" in bodies[0]["error"] and "3" in bodies[0]["error"]

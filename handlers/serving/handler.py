@@ -24,7 +24,7 @@ from ..engine import METHODS, Explainer, Job, SampleResult
 from ..models import build_model, read_labels, read_state_dict
 from ..preprocess import Preprocessor
 from .config import ServingConfig
-from .decode import decode_image
+from .decode import DecodeLimits, decode_image
 from .errors import RequestError
 from .options import OptionParser, RequestOptions
 from .payload import extract_payload
@@ -114,6 +114,8 @@ class GradCamHandler(BaseHandler):
         if threads is not None:
             torch.set_num_threads(threads)
         self.preprocessor = Preprocessor(self.config.input)
+        self.decode_size = self.preprocessor.decode_size()
+        self.decode_limits = DecodeLimits(self.config.max_jpeg_scans, self.config.decode_timeout_s)
         Image.MAX_IMAGE_PIXELS = self.config.max_image_pixels
         self.initialized = True
         logger.info(
@@ -129,7 +131,9 @@ class GradCamHandler(BaseHandler):
     def _prepare(self, row: dict[str, Any], headers: dict[str, Any]) -> Prepared:
         payload = extract_payload(row, str(headers.get("content-type", "")))
         options = self.option_parser.for_request(headers, payload.fields, explain=headers.get("explain") == "True")
-        image = decode_image(payload.image, self.config.max_image_pixels)
+        image = decode_image(
+            payload.image, self.config.max_image_pixels, reduce_to=self.decode_size, limits=self.decode_limits
+        )
         view = self.preprocessor.view(image)
         return Prepared(self.preprocessor.tensor(view), view, options)
 
