@@ -40,7 +40,8 @@ def rgb(width: int, height: int) -> Image.Image:
 
 
 def test_limits_default_to_the_serving_config():
-    assert DecodeLimits() == DecodeLimits(LIMIT_DEFAULTS["max_jpeg_scans"], LIMIT_DEFAULTS["decode_timeout_s"])
+    expected = DecodeLimits(int(LIMIT_DEFAULTS["max_jpeg_scans"]), float(LIMIT_DEFAULTS["decode_timeout_s"]))
+    assert DecodeLimits() == expected
 
 
 def test_scan_count_follows_the_marker_stream():
@@ -225,7 +226,7 @@ def natural_ish(width: int, height: int, seed: int) -> Image.Image:
     image = Image.fromarray(gradient(width, height, seed=seed))
     draw = ImageDraw.Draw(image)
     for _ in range(40):
-        x, y = rng.integers(0, width), rng.integers(0, height)
+        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
         r = int(rng.integers(width // 50, width // 6))
         colour = tuple(int(c) for c in rng.integers(0, 256, 3))
         if rng.random() < 0.5:

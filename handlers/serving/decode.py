@@ -229,7 +229,9 @@ def _eight_bit_divisor(image: Image.Image) -> float:
     """What 16-bit, 32-bit and float pixel values are divided by to map them onto 0..1."""
     if image.mode.startswith("I;16"):
         return 65535.0
-    high = image.getextrema()[1]
+    extrema = image.getextrema()  # (low, high) for these one-band modes
+    assert not isinstance(extrema[1], tuple), f"{image.mode} is not a one-band mode"
+    high = float(extrema[1])
     if image.mode == "F":
         return max(float(high), 1e-12)
     return 65535.0 if high > 255 else 255.0
