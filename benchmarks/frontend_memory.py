@@ -320,11 +320,11 @@ def write_section(title: str, text: str, path: Path = RESULTS) -> None:
     """Replace (or append) the ``## title`` section of ``path``, keeping the other sections."""
     old = path.read_text(encoding="utf-8") if path.exists() else "# Frontend benchmarks\n"
     parts = re.split(r"(?m)^(?=## )", old)
-    new = f"## {title}\n\n{text.strip()}\n\n"
-    kept = [new if part.startswith(f"## {title}\n") else part for part in parts]
+    new = f"## {title}\n\n{text.strip()}"
+    kept = [new if part.startswith(f"## {title}\n") else part.strip() for part in parts]
     if new not in kept:
         kept.append(new)
-    path.write_text("".join(kept).rstrip() + "\n", encoding="utf-8")
+    path.write_text("\n\n".join(kept) + "\n", encoding="utf-8")
 
 
 def describe(rows: list[Row], body: bytes) -> str:
