@@ -235,3 +235,31 @@ def test_refusals_from_a_real_process(tiny, extra, expected):
     assert done.returncode == 2
     assert expected in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and done.stdout == ""
+
+
+CHANNELS_LAST_NET = """
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    def __init__(self, num_classes: int = 3):
+        super().__init__()
+        self.embed = nn.Conv2d(3, 24, 4, stride=4)
+        self.mix = nn.Linear(24, 24)
+        self.fc = nn.Linear(24, num_classes)
+
+    def forward(self, x):
+        tokens = self.mix(self.embed(x).permute(0, 2, 3, 1))  # N x H x W x C, as Swin stages
+        return self.fc(tokens.mean((1, 2)))
+"""
+
+
+def test_a_channels_last_target_layer_is_refused_at_build_naming_what_works(tiny, capsys, tmp_path):
+    (tmp_path / "tiny_net.py").write_text(CHANNELS_LAST_NET)
+    namespace: dict = {}
+    exec(CHANNELS_LAST_NET, namespace)  # noqa: S102 - the source the MAR ships
+    torch.save(namespace["TinyNet"](len(LABELS)).state_dict(), tmp_path / "tiny.pth")
+    line = refusal([*tiny, "--target-layer", "mix"], capsys)
+    assert "argument --target-layer: target layer 'mix' outputs 1 x 8 x 8 x 24, a channels-last" in line
+    assert line.endswith("candidates (last first): embed")
+    assert not (tmp_path / "out" / "tiny.mar").exists()
