@@ -20,10 +20,10 @@ from torchserve_process import TorchServe, read_properties
 
 pytestmark = pytest.mark.integration
 
-# More than job_queue_size + workers (the rest get 503) but within Netty's direct cap
-# (48 x 5.6 MB < 384 MB): past the cap uploads fail as a whole (benchmarks/RESULTS-frontend.md)
-# and, seen once with 120 uploads, a request right after them timed out.
-UPLOADS = 48
+# More than job_queue_size + workers x batchSize can hold (the rest get 503) but within
+# Netty's direct cap (64 x 5.9 MB < 768 MB): past the cap uploads fail as a whole
+# (benchmarks/RESULTS-frontend.md).
+UPLOADS = 64
 JVM_OVERHEAD = 320 * 2**20  # metaspace, code cache, threads, GC structures (benchmarks/frontend_memory.py)
 
 
