@@ -15,8 +15,7 @@ import pytest
 import requests
 from PIL import Image
 
-from test_production_config import PROD_CONFIG, bearer, read_keys
-from torchserve_process import TorchServe, read_properties
+from handlers.testing.torchserve import PROD_CONFIG, TorchServe, bearer, read_keys, read_properties
 
 pytestmark = pytest.mark.integration
 
@@ -79,7 +78,8 @@ def test_burst_of_large_uploads_keeps_frontend_rss_bounded(limited_server, sampl
     java = java_of(limited_server)
     body, url = large_png(), f"{limited_server.url()}/predictions/inspection"
     headers = {**bearer(limited_server.keys["inference"]), "Content-Type": "image/png"}
-    peak, outcomes, lock = java.memory_info().rss, Counter(), threading.Lock()
+    peak, lock = java.memory_info().rss, threading.Lock()
+    outcomes: Counter[str] = Counter()
 
     def upload() -> None:
         try:
