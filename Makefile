@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 MAR := model_store/inspection.mar
-SOURCES := $(shell find handlers -name '*.py' -not -path '*/__pycache__/*' -not -path 'handlers/client/*' -not -path 'handlers/evaluation/*')
+SOURCES := $(shell find handlers -name '*.py' -not -path '*/__pycache__/*' -not -path 'handlers/client/*' -not -path 'handlers/evaluation/*' -not -path 'handlers/testing/*')
 
 .PHONY: venv serve test lint mar train clean java-check viewer browser bench eval soak
 

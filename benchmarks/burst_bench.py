@@ -40,7 +40,8 @@ from PIL import Image
 from benchmarks.frontend_memory import RESULTS, write_section
 from benchmarks.load import percentile
 from benchmarks.report import machine, table
-from benchmarks.server import REPO, TorchServe, environment, private_config
+from benchmarks.server import REPO, environment, private_config
+from handlers.testing.torchserve import TorchServe
 
 BURST_SIZE = 16
 MAX_SMALL_REQUESTS = 2000  # a bound on the small-request thread of one phase

@@ -42,8 +42,9 @@ import requests
 from PIL import Image
 
 from benchmarks.report import machine, table
-from benchmarks.server import REPO, TorchServe, private_config
+from benchmarks.server import REPO, private_config
 from handlers.archive import main as archive_main
+from handlers.testing.torchserve import TorchServe
 
 PROD_CONFIG = REPO / "config.prod.properties"
 RESULTS = REPO / "benchmarks" / "RESULTS-frontend.md"

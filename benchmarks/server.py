@@ -1,7 +1,6 @@
-"""A real TorchServe for the benchmarks: the tests' ``TorchServe`` plus worker environment.
+"""A real TorchServe for the benchmarks: ``handlers.testing.torchserve.TorchServe`` plus worker environment.
 
-``tests/torchserve_process.py`` is reused (loaded from its file: ``tests`` is not a
-package). ``BenchServer`` adds:
+``BenchServer`` adds:
 - environment variables for the server and hence its Python workers (TorchServe 0.12
   passes its own environment on to them and sets OMP_NUM_THREADS only for torchrun models);
 - private gRPC ports and worker socket names: by default every TorchServe binds gRPC on
@@ -12,35 +11,19 @@ package). ``BenchServer`` adds:
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType
-from typing import TYPE_CHECKING
 
 import psutil
 import requests
 
+from handlers.testing.torchserve import TorchServe, free_port
+
 REPO = Path(__file__).resolve().parents[1]
 SOCKET_DIR = Path("/tmp")  # java.io.tmpdir, where TorchServe puts .ts.sock.<port>
 MAX_WORKERS = 16
-
-
-def _torchserve_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("torchserve_process", REPO / "tests" / "torchserve_process.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-if TYPE_CHECKING:  # mypy finds it on its mypy_path
-    from torchserve_process import TorchServe, free_port
-else:
-    _module = _torchserve_module()
-    TorchServe, free_port = _module.TorchServe, _module.free_port
 
 
 def _worker_socket_base() -> int:

@@ -36,9 +36,9 @@ logger = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 ENTRY_FILE = PACKAGE_DIR / "serving" / "gradcam_entry.py"
-# The worker needs neither the client, the viewer, the evaluation nor the samples.
+# The worker needs neither the client, the viewer, the evaluation, the test helpers nor the samples.
 _NOT_SHIPPED = shutil.ignore_patterns(
-    "__pycache__", "*.pyc", "*.pth", "*.pt", "samples", "client", "viewer", "evaluation"
+    "__pycache__", "*.pyc", "*.pth", "*.pt", "samples", "client", "viewer", "evaluation", "testing"
 )
 # torch-model-archiver's own rule for model names; it also keeps the name a plain file name.
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")

@@ -14,7 +14,7 @@ import yaml
 
 import handlers.archive as archive
 from handlers.serving.config import LIMIT_DEFAULTS
-from test_handler import LABELS, SIDE, TINY_NET
+from handlers.testing.mars import LABELS, SIDE, TINY_NET
 
 ROOT = Path(__file__).resolve().parents[1]
 TWO_MODULES = TINY_NET + "\n\nclass Head(nn.Module):\n    pass\n"
@@ -193,6 +193,11 @@ def test_a_good_build_writes_the_limits_into_the_mar(tiny, capsys, tmp_path):
     with zipfile.ZipFile(tmp_path / "out" / "tiny.mar") as mar:
         section = yaml.safe_load(mar.read("model-config.yaml"))["gradcam"]
         labels = json.loads(mar.read("index_to_name.json"))
+        packages = {
+            name.split("/")[1] for name in mar.namelist() if name.startswith("handlers/") and name.count("/") > 1
+        }
+    assert {"serving", "engine", "render"} <= packages
+    assert not packages & {"testing", "client", "viewer", "evaluation"}  # the worker needs none of them
     assert {key: section[key] for key in LIMIT_DEFAULTS} == {
         **LIMIT_DEFAULTS,
         "max_targets": 2,

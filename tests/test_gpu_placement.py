@@ -7,8 +7,9 @@ import torch
 
 from handlers.engine import Explainer, Job
 from handlers.serving.handler import GradCamHandler
-from test_handler import build_custom_mar, image_bytes
-from torchserve_fakes import load_context, unpack_mar, with_requests
+from handlers.testing.fakes import load_context, unpack_mar, with_requests
+from handlers.testing.images import image_bytes
+from handlers.testing.mars import build_custom_mar
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (no GPU on this machine)")
 

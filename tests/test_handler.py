@@ -14,66 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from handlers.archive import main as archive_main
 from handlers.serving.handler import GradCamHandler
-from torchserve_fakes import load_context, unpack_mar, with_requests
-
-TINY_NET = """
-import torch
-from torch import nn
-
-
-class TinyNet(nn.Module):
-    def __init__(self, num_classes: int = 3):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU()
-        )
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(16, num_classes)
-
-    def forward(self, x):
-        return self.fc(self.pool(self.features(x)).flatten(1))
-"""
-LABELS = ["cat", "dog", "bird"]
-SIDE = 32
-
-
-def build_custom_mar(
-    directory: Path, *extra: str, source: str = TINY_NET, labels: list[str] = LABELS, side: int = SIDE
-) -> Path:
-    """A MAR of the ``TinyNet`` class in ``source`` (seeded random weights), built by our CLI."""
-    (directory / "tiny_net.py").write_text(source)
-    namespace: dict = {}
-    exec(source, namespace)  # noqa: S102 - the same source the MAR ships
-    torch.manual_seed(0)
-    torch.save(namespace["TinyNet"](len(labels)).state_dict(), directory / "tiny.pth")
-    (directory / "labels.txt").write_text("\n".join(labels))
-    archive_main(
-        [
-            "custom",
-            "--name",
-            "tiny",
-            "--model-file",
-            str(directory / "tiny_net.py"),
-            "--weights",
-            str(directory / "tiny.pth"),
-            "--labels",
-            str(directory / "labels.txt"),
-            "--input-size",
-            str(side),
-            "--export-path",
-            str(directory),
-            *extra,
-        ]
-    )
-    return directory / "tiny.mar"
-
-
-def custom_context(directory: Path, *flags: str, unpack_to: str = "model"):
-    """The worker Context of a ``TinyNet`` MAR built with ``flags`` (not checked at build)."""
-    mar = build_custom_mar(directory, *flags, "--no-check")
-    return load_context(unpack_mar(mar, directory / unpack_to), "tiny")
+from handlers.testing.fakes import load_context, run_batch, unpack_mar
+from handlers.testing.images import image_bytes
+from handlers.testing.mars import LABELS, SIDE, build_custom_mar, custom_context
 
 
 @pytest.fixture(scope="module")
@@ -87,21 +31,6 @@ def handler(model_dir) -> GradCamHandler:
     handler = GradCamHandler()
     handler.initialize(load_context(model_dir, "tiny"))
     return handler
-
-
-def image_bytes(seed: int, size=(40, 30), fmt="PNG", **params) -> bytes:
-    array = (np.random.default_rng(seed).random((size[1], size[0], 3)) * 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format=fmt, **params)
-    return buffer.getvalue()
-
-
-def run_batch(handler, rows, headers=None):
-    headers = headers or [{} for _ in rows]
-    context = with_requests(handler.context, headers)
-    output = handler.handle(rows, context)
-    statuses = [context.get_response_status(i)[0] for i in range(len(rows))]
-    return statuses, [json.loads(body) for body in output], context
 
 
 def test_mixed_batch_answers_each_request_on_its_own(handler):

@@ -11,7 +11,9 @@ import copy
 import pytest
 
 from handlers.serving.handler import GradCamHandler
-from test_handler import LABELS, custom_context, image_bytes, run_batch
+from handlers.testing.fakes import run_batch
+from handlers.testing.images import image_bytes
+from handlers.testing.mars import LABELS, custom_context
 
 NESTED_JSON = b"[" * 100_000 + b"]" * 100_000  # TorchServe's json.loads gives up and forwards the bytes
 

@@ -8,8 +8,9 @@ import itertools
 import pytest
 
 from handlers.serving.handler import GradCamHandler
-from test_handler import build_custom_mar, image_bytes
-from torchserve_fakes import load_context, unpack_mar, with_requests
+from handlers.testing.fakes import load_context, unpack_mar, with_requests
+from handlers.testing.images import image_bytes
+from handlers.testing.mars import build_custom_mar
 
 # A 224 px model with a 7x7 feature map (stride 32) and 10 classes, like an ImageNet CNN.
 NET_224 = """

@@ -2,6 +2,7 @@
 
 Handlers under test get ``ts.context.Context`` and ``RequestProcessor`` objects exactly
 as TorchServe's ``Service.predict`` builds them; only metrics are recorded in memory.
+``run_batch`` drives a handler through one batch and reads back each request's status.
 """
 
 from __future__ import annotations
@@ -9,10 +10,13 @@ from __future__ import annotations
 import json
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from ts.context import Context, RequestProcessor
+
+if TYPE_CHECKING:
+    from handlers.serving.handler import GradCamHandler
 
 
 class RecordingMetrics:
@@ -54,3 +58,13 @@ def with_requests(context: Context, headers: list[dict[str, str]]) -> Context:
     context.request_processor = [RequestProcessor(dict(h)) for h in headers]
     context.request_ids = {i: f"req-{i}" for i in range(len(headers))}
     return context
+
+
+def run_batch(
+    handler: GradCamHandler, rows: list[Any], headers: list[dict[str, str]] | None = None
+) -> tuple[list[int], list[Any], Context]:
+    """Handle ``rows`` as one batch: each request's HTTP status, its decoded JSON answer, the Context."""
+    context = with_requests(handler.context, headers or [{} for _ in rows])
+    output = handler.handle(rows, context)
+    statuses = [context.get_response_status(i)[0] for i in range(len(rows))]
+    return statuses, [json.loads(body) for body in output], context

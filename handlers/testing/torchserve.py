@@ -7,6 +7,7 @@ session, so it is stopped by its process-group id and never touches another serv
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -18,9 +19,11 @@ from pathlib import Path
 import requests
 
 TORCHSERVE = Path(sys.executable).parent / "torchserve"
+PROD_CONFIG = Path(__file__).resolve().parents[2] / "config.prod.properties"
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -34,6 +37,23 @@ def read_properties(path: Path) -> dict[str, str]:
         if "=" in line and not line.lstrip().startswith("#")
     )
     return {key.strip(): value.strip() for key, value in pairs}
+
+
+def bearer(key: str) -> dict[str, str]:
+    """The header that carries a TorchServe token key."""
+    return {"Authorization": f"Bearer {key}"}
+
+
+def read_keys(key_file: Path, timeout: float = 120) -> dict[str, str]:
+    """The keys TorchServe writes to ``key_file`` at start-up, once the file is complete."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return {kind: entry["key"] for kind, entry in json.loads(key_file.read_text()).items()}
+        except (OSError, ValueError, KeyError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 class TorchServe:

@@ -12,7 +12,7 @@ from PIL import Image
 
 from handlers.archive import main as archive_main
 from handlers.inspection import synthetic
-from torchserve_process import TorchServe
+from handlers.testing.torchserve import TorchServe
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from handlers.client.cli import main
 from handlers.client.report import Progress
 from handlers.client.sheet import FOOTER, MARGIN, PANEL, TITLE, TOP_BAR
 from handlers.inspection import CLASSES, INPUT_SIZE, synthetic
-from torchserve_process import TorchServe, free_port
+from handlers.testing.torchserve import TorchServe, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from torchserve_process import TorchServe
+from handlers.testing.torchserve import TorchServe
 
 pytestmark = pytest.mark.integration
 

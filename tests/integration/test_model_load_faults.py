@@ -13,7 +13,7 @@ import torch
 
 from handlers.archive import main as archive_main
 from handlers.inspection.network import InspectionNet
-from torchserve_process import TorchServe
+from handlers.testing.torchserve import TorchServe
 
 pytestmark = pytest.mark.integration
 

@@ -2,34 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import time
-from pathlib import Path
-
 import pytest
 import requests
 
-from torchserve_process import TorchServe
+from handlers.testing.torchserve import PROD_CONFIG, TorchServe, bearer, read_keys
 
 pytestmark = pytest.mark.integration
-
-PROD_CONFIG = Path(__file__).resolve().parents[2] / "config.prod.properties"
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def read_keys(key_file: Path, timeout: float = 120) -> dict[str, str]:
-    """The keys TorchServe writes at start-up, once the file is complete."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return {kind: entry["key"] for kind, entry in json.loads(key_file.read_text()).items()}
-        except (OSError, ValueError, KeyError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")

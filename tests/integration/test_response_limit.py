@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from handlers.archive import main as archive_main
-from torchserve_process import TorchServe
+from handlers.testing.torchserve import TorchServe
 
 pytestmark = pytest.mark.integration
 

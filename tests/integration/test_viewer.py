@@ -21,7 +21,7 @@ import requests
 from PIL import Image
 
 from handlers.inspection import INPUT_SIZE
-from torchserve_process import TorchServe
+from handlers.testing.torchserve import TorchServe
 
 pytestmark = pytest.mark.integration
 
