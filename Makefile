@@ -49,11 +49,11 @@ viewer:
 	@echo "Viewer on http://127.0.0.1:8090/ (TorchServe must be running: make serve)"
 	python3 -m http.server --bind 127.0.0.1 8090 --directory handlers/viewer
 
-# Benchmarks (issue 4): writes benchmarks/RESULTS.md; `--quick` for a smoke run.
+# Benchmarks (what an explanation costs): writes benchmarks/RESULTS.md; `--quick` for a smoke run.
 bench: $(STAMP) java-check
 	$(PY) -m benchmarks
 
-# Evaluation report (issue 6): writes docs/evaluation.md and docs/images/evaluation/.
+# Evaluation report (are the explanations right?): writes docs/evaluation.md and docs/images/evaluation/.
 eval: $(STAMP)
 	$(PY) -m handlers.evaluation
 

@@ -1,4 +1,4 @@
-"""Benchmarks of issue 4 ("explanations at almost no extra cost"); not part of CI.
+"""Benchmarks: does an explanation come at almost no extra cost? Not part of CI.
 
 ``python -m benchmarks`` runs every section and writes benchmarks/RESULTS.md:
 1. engine: each explanation path vs a plain prediction, and vs Captum / pytorch-grad-cam;

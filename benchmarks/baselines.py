@@ -1,4 +1,4 @@
-"""The alternatives of the issue, each used the way its documentation shows.
+"""What a user would otherwise reach for (Captum, pytorch-grad-cam), each used as its documentation shows.
 
 All take the model as a user has it (trainable parameters, eval mode) and one batch,
 and produce the prediction plus one map per image for the predicted class.

@@ -1,4 +1,4 @@
-"""The two models of the issue, as a user has them: eval mode, trainable parameters.
+"""The two benchmarked models, as a user has them: eval mode, trainable parameters.
 
 - ``resnet50``: torchvision ResNet-50 with seeded random weights (no pretrained weights
   on this machine; timing and memory do not depend on the weight values);

@@ -1,7 +1,7 @@
 """Section 3a: memory autograd keeps for backward during one explanation of resnet50, batch 8.
 
 ``torch.autograd.graph.saved_tensors_hooks`` sees every tensor an autograd node saves.
-Two sums over their distinct storages: all of them (the issue's measure: 753 MB for
+Two sums over their distinct storages: all of them (the usual measure: 753 MB for
 Captum on a trainable resnet50, which includes the ~98 MB of weights convolutions save
 to compute weight gradients), and only the new memory, without the storages that exist
 anyway (parameters, buffers, the input batch): what the explanation adds until its
@@ -94,7 +94,7 @@ def run() -> Section:
     measured = {name: saved_for_backward(fn, existing) for name, fn in paths.items()}
     section.add(
         f"### Autograd memory saved for backward, resnet50, batch {len(images)}, layer `{layer_name}`",
-        "Distinct storages of the tensors autograd saved: all of them (the issue's measure, includes "
+        "Distinct storages of the tensors autograd saved: all of them (the usual measure, includes "
         "saved weights), and the new memory only (without parameters, buffers and the input, which "
         "exist anyway). Deterministic: not affected by other load.",
         table(

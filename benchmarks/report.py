@@ -15,7 +15,7 @@ from .timing import Stats
 
 @dataclass(frozen=True)
 class Target:
-    """One line of the issue's target table, judged on what a section measured."""
+    """One required bound (e.g. gradcam <= 1.10x a prediction), judged on what a section measured."""
 
     name: str
     goal: str

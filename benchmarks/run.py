@@ -73,7 +73,7 @@ def render(settings: Settings, sections: list[Section], described: str, minutes:
     time the same run needs on an idle machine."""
     targets = [t for s in sections for t in s.targets]
     head = [
-        "# Benchmarks: explanations at almost no extra cost (issue 4)",
+        "# Benchmarks: explanations at almost no extra cost",
         f"{described} Settings: `{settings.name}`; the run took {minutes:.1f} min wall and "
         f"{load.own_s / 60:.1f} CPU-min (benchmark, its servers and clients); during it {load.summary().describe()}. "
         "MB = 2^20 bytes. Regenerate with `python -m benchmarks` (full) or `python -m benchmarks --quick`.",

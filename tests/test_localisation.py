@@ -1,6 +1,6 @@
 """The default model's Grad-CAM maps point at the defects of held-out generated images.
 
-Targets from issue 6: pointing game >= 95% of single-defect images, class
+Required: pointing game >= 95% of single-defect images, class
 discrimination >= 90% of scratch+dent images; see handlers/evaluation/localisation.py.
 """
 

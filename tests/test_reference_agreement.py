@@ -34,7 +34,7 @@ def _agreement(subject: str) -> Agreement:
     return agreement(subject)
 
 
-def test_the_issue_architectures_are_all_covered():
+def test_every_required_architecture_is_covered():
     required = {
         "resnet50",
         "googlenet",

@@ -17,7 +17,7 @@ def normalise(values: torch.Tensor) -> torch.Tensor:
 
 
 def resize_map(values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear upsampling of an h x w map to ``size`` (as the overlays of the seeds do)."""
+    """Bilinear upsampling of an h x w map to ``size`` (smooth, as Grad-CAM overlays are usually drawn)."""
     if tuple(values.shape) == tuple(size):
         return values
     return F.interpolate(values[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
