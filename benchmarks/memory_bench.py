@@ -77,7 +77,7 @@ def run() -> Section:
     frozen = copy.deepcopy(model).requires_grad_(False)
     layer_name = explainer.layer_name
     layer, frozen_layer = (dict(m.named_modules())[layer_name] for m in (model, frozen))
-    existing = [*_tensors_of(model, frozen, explainer.view.model), images]
+    existing = [*_tensors_of(model, frozen, explainer.model), images]
     jobs = {method: [Job(method)] * len(images) for method in ("gradcam", "guided_gradcam")}
     paths = {
         "ours: gradcam (CAM fast path, inference mode)": lambda: explainer.explain(images, jobs["gradcam"]),

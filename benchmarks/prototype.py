@@ -26,7 +26,7 @@ def channels_last_call(explainer: Explainer, images: torch.Tensor, method: str) 
 
     The explainer's model is converted in place: pass one of its own.
     """
-    explainer.view.model.to(memory_format=torch.channels_last)
+    explainer.model.to(memory_format=torch.channels_last)
     jobs = [Job(method)] * len(images)
     return lambda: explainer.explain(images.contiguous(memory_format=torch.channels_last), jobs)
 

@@ -56,7 +56,7 @@ def test_cam_fast_path_only_for_pool_linear_heads(explainer_for, arch, cam):
 @pytest.mark.parametrize("arch", ["resnet18", "googlenet", "densenet121", "squeezenet1_1", "vgg11_bn"])
 def test_gradcam_equals_captum_layergradcam_with_per_sample_targets(explainer_for, arch):
     explainer = explainer_for(arch, SIDE)
-    model = explainer.view.model
+    model = explainer.model
     x = images(3)
     targets = [7, 1, 999]
     results = explainer.explain(x, [Job("gradcam", (t,)) for t in targets])
@@ -70,7 +70,7 @@ def test_gradcam_equals_captum_layergradcam_with_per_sample_targets(explainer_fo
 def test_batch_gives_the_same_maps_as_one_by_one(explainer_for):
     explainer = explainer_for("resnet18", SIDE)
     x = images(4)
-    jobs = [Job("gradcam", (3,)), Job("guided_gradcam"), Job("gradcam", top_k=2), Job("none")]
+    jobs = [Job("gradcam", (3,)), Job("guided_gradcam"), Job("gradcam", top_classes=2), Job("none")]
     together = explainer.explain(x, jobs)
     for i, job in enumerate(jobs):
         (alone,) = explainer.explain(x[i : i + 1], [job])
@@ -82,7 +82,7 @@ def test_batch_gives_the_same_maps_as_one_by_one(explainer_for):
 
 def test_default_targets_are_the_top_predictions_of_the_same_pass(explainer_for):
     explainer = explainer_for("densenet121", SIDE)
-    (result,) = explainer.explain(images(1), [Job("gradcam", top_k=3)])
+    (result,) = explainer.explain(images(1), [Job("gradcam", top_classes=3)])
     assert [e.target for e in result.explanations] == result.probabilities.topk(3).indices.tolist()
 
 
@@ -100,7 +100,7 @@ def test_multiple_targets_equal_separate_explanations(explainer_for):
 @pytest.mark.parametrize("arch", ["resnet18", "vgg11_bn"])
 def test_guided_gradcam_equals_captum_where_relus_are_modules(explainer_for, arch):
     explainer = explainer_for(arch, SIDE)
-    model = explainer.view.model
+    model = explainer.model
     x = images(2)
     results = explainer.explain(x, [Job("guided_gradcam", (2,)), Job("guided_gradcam", (4,))])
     layer = dict(model.named_modules())[explainer.layer_name]
@@ -143,9 +143,9 @@ def test_guided_backprop_is_applied_to_functional_relus():
 
 def test_no_hook_or_mode_outlives_a_call(explainer_for):
     explainer = explainer_for("resnet18", SIDE)
-    model = explainer.view.model
+    model = explainer.model
     for method in ("gradcam", "guided_gradcam", "none"):
-        explainer.explain(images(2), [Job(method), Job(method, top_k=2)])
+        explainer.explain(images(2), [Job(method), Job(method, top_classes=2)])
     for module in model.modules():
         assert not module._forward_hooks and not module._forward_pre_hooks and not module._backward_hooks
     assert not torch.overrides._get_current_function_mode_stack()

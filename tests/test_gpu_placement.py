@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 def test_engine_keeps_model_and_maps_on_the_device(random_model):
     device = torch.device("cuda", torch.cuda.device_count() - 1)
     explainer = Explainer(random_model("resnet18"), (112, 112), device=device)
-    assert all(p.device == device for p in explainer.view.model.parameters())
+    assert all(p.device == device for p in explainer.model.parameters())
     results = explainer.explain(torch.randn(2, 3, 112, 112), [Job("gradcam"), Job("guided_gradcam")])
     for result in results:
         assert result.probabilities.device == device

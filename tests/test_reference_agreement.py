@@ -106,10 +106,10 @@ class InPlaceAfterLayer(nn.Module):
 def test_pytorch_grad_cam_aliasing_is_what_out_of_place_relu_removes():
     torch.manual_seed(0)
     model = InPlaceAfterLayer().eval()
-    conv = model.features[1]
-    assert isinstance(conv, nn.Conv2d) and conv.bias is not None
+    norm = model.features[1]
+    assert isinstance(norm, nn.BatchNorm2d) and norm.bias is not None
     with torch.no_grad():  # negative activations, so ReLU(A) differs from A
-        conv.bias.fill_(-0.2)
+        norm.bias.fill_(-0.2)
     x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         logits = model(x)

@@ -1,11 +1,22 @@
 """The explanation engine: pure torch + Captum, no TorchServe.
 
 ``Explainer(model, input_size).explain(images, jobs)`` returns, per image, the class
-probabilities and its maps, all from one forward pass per method.
+probabilities and its maps, each method from one forward pass (plus what it needs on top).
 """
 
 from .explainer import Explainer, Explanation, Job, SampleResult
 from .layers import TargetLayerError
-from .methods import METHODS
+from .methods import METHODS, Method, MethodError, MethodLimits, MethodParams
 
-__all__ = ["METHODS", "Explainer", "Explanation", "Job", "SampleResult", "TargetLayerError"]
+__all__ = [
+    "METHODS",
+    "Explainer",
+    "Explanation",
+    "Job",
+    "Method",
+    "MethodError",
+    "MethodLimits",
+    "MethodParams",
+    "SampleResult",
+    "TargetLayerError",
+]

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from .guided import GuidedReLUMode, GuideSwitch
-from .layers import discover_target_layer, resolve_target_layer, trace_module_outputs
+from .layers import LayerRecord, discover_target_layer, resolve_target_layer, spatial_candidates, trace_module_outputs
 from .linear_head import detect_linear_head
-from .methods import METHODS, ModelView
+from .methods import METHODS, ExplainedModel, MapLayer, MethodError, MethodLimits, MethodParams
 
 logger = logging.getLogger(__name__)
 
@@ -21,22 +21,30 @@ logger = logging.getLogger(__name__)
 class Job:
     """What to explain for one image.
 
-    ``targets`` are explicit class indices; without them the ``top_k`` best predicted
-    classes of this same forward pass are explained.
+    ``targets`` are explicit class indices; without them the ``top_classes`` best predicted
+    classes of this same forward pass are explained. ``params`` tune the methods that take any.
     """
 
     method: str = "gradcam"
     targets: tuple[int, ...] = ()
-    top_k: int = 1
+    top_classes: int = 1
+    params: MethodParams = field(default_factory=MethodParams)
 
 
 @dataclass(frozen=True)
 class Explanation:
-    """One map: raw non-negative values at the layer (Grad-CAM) or input (guided) resolution."""
+    """One raw, non-negative map, at the layer's or the input's resolution.
+
+    ``target`` is the class explained (None for class-agnostic methods); ``channel``, ``mean``
+    and ``peak`` describe a channel of layer activations.
+    """
 
     method: str
-    target: int
+    target: int | None
     values: torch.Tensor  # h x w
+    channel: int | None = None
+    mean: float | None = None
+    peak: float | None = None
 
 
 @dataclass
@@ -47,8 +55,21 @@ class SampleResult:
     explanations: list[Explanation] = field(default_factory=list)
 
 
+def _map_layers(model: nn.Module, records: list[LayerRecord], input_size: tuple[int, int]) -> dict[str, MapLayer]:
+    modules = dict(model.named_modules())
+    shapes = {r.name: r.output_shape for r in records}
+    return {
+        name: MapLayer(modules[name], shape)
+        for name in spatial_candidates(records, input_size)
+        if (shape := shapes.get(name)) is not None
+    }
+
+
 class Explainer:
-    """Explains an eval-mode classifier; parameters are frozen so autograd records only heads."""
+    """Explains an eval-mode classifier; parameters are frozen so autograd records only heads.
+
+    ``cam_fast_path=False`` turns the pool + linear head shortcut off (benchmarks compare both).
+    """
 
     def __init__(
         self,
@@ -56,6 +77,9 @@ class Explainer:
         input_size: tuple[int, int],
         target_layer: str | None = None,
         device: torch.device | str = "cpu",
+        *,
+        cam_fast_path: bool = True,
+        limits: MethodLimits | None = None,
     ) -> None:
         self.device = torch.device(device)
         model = model.to(self.device).eval().requires_grad_(False)
@@ -64,21 +88,53 @@ class Explainer:
         self.num_classes = int(logits.shape[1])
         layer_name = target_layer or discover_target_layer(records, input_size)
         layer = resolve_target_layer(model, layer_name, records, input_size)
-        self.view = ModelView(model, layer, layer_name, detect_linear_head(model, layer, example, records))
+        head = detect_linear_head(model, layer, example, records) if cam_fast_path else None
+        self.explained = ExplainedModel(
+            model,
+            layer,
+            layer_name,
+            head,
+            input_size,
+            _map_layers(model, records, input_size),
+            limits or MethodLimits(),
+        )
         self._report_guided_coverage(example)
 
     @property
+    def model(self) -> nn.Module:
+        """The model explained: frozen, in eval mode, on this explainer's device."""
+        return self.explained.model
+
+    @property
+    def layer(self) -> nn.Module:
+        return self.explained.layer
+
+    @property
     def layer_name(self) -> str:
-        return self.view.layer_name
+        return self.explained.layer_name
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.explained.input_size
+
+    @property
+    def layer_names(self) -> list[str]:
+        """Layers whose activations can be shown (channels-first maps), last first."""
+        return list(self.explained.layers)
 
     @property
     def uses_cam_fast_path(self) -> bool:
-        return self.view.linear_head is not None
+        return self.explained.linear_head is not None
+
+    @property
+    def methods(self) -> list[str]:
+        """Names of the methods this model supports (``cam`` only with a pool + linear head)."""
+        return [name for name, method in METHODS.items() if method.available(self.explained)]
 
     def _report_guided_coverage(self, example: torch.Tensor) -> None:
         mode = GuidedReLUMode(GuideSwitch())
         with torch.inference_mode(), mode:
-            self.view.model(example)
+            self.model(example)
         if mode.unguided_calls or not mode.guided_calls:
             logger.warning(
                 "guided backprop is applied at %d ReLU calls but not at %s: the guided rule is "
@@ -89,48 +145,56 @@ class Explainer:
         else:
             logger.info("guided backprop covers all %d activation calls (ReLU/ReLU6)", mode.guided_calls)
 
-    def check_targets(self, targets: Sequence[int]) -> None:
-        """Raise ValueError for a class index outside the model's outputs."""
-        bad = [t for t in targets if not 0 <= t < self.num_classes]
+    def check(self, job: Job) -> None:
+        """Raise ValueError (MethodError for what a request asked) if ``job`` can't be explained."""
+        method = METHODS.get(job.method)
+        if method is None:
+            raise MethodError(f"unknown method {job.method!r}; valid: {', '.join(METHODS)}")
+        bad = [t for t in job.targets if not 0 <= t < self.num_classes]
         if bad:
-            raise ValueError(f"target class {bad[0]} is outside 0..{self.num_classes - 1}")
+            raise MethodError(f"target class {bad[0]} is outside 0..{self.num_classes - 1}")
+        if job.targets and method.explains in ("image", "channel"):
+            raise MethodError(f"method {job.method!r} is not class-specific: 'target' does not apply to it")
+        method.check(self.explained, job.params, len(job.targets) or job.top_classes)
 
     def explain(self, images: torch.Tensor, jobs: Sequence[Job]) -> list[SampleResult]:
-        """One forward pass per method present in the batch; results in input order."""
+        """One forward pass per (method, params) group in the batch; results in input order."""
         if len(images) != len(jobs):
             raise ValueError(f"{len(images)} images but {len(jobs)} jobs")
         for job in jobs:
-            if job.method not in METHODS:
-                raise ValueError(f"unknown method {job.method!r}; valid: {', '.join(METHODS)}")
-            self.check_targets(job.targets)
+            self.check(job)
         images = images.to(self.device)
-        groups = {
-            name: [i for i, job in enumerate(jobs) if job.method == name]
-            for name in dict.fromkeys(j.method for j in jobs)
-        }
+        groups: dict[tuple[str, MethodParams], list[int]] = {}
+        for i, job in enumerate(jobs):
+            groups.setdefault((job.method, job.params), []).append(i)
         if len(groups) == 1:  # the usual case: no copy of the batch
-            (name,) = groups
-            return self._run_group(METHODS[name], images, list(jobs))
+            return self._run_group(images, list(jobs))
         results: list[SampleResult | None] = [None] * len(jobs)
-        for name, rows in groups.items():
-            for i, result in zip(
-                rows, self._run_group(METHODS[name], images[rows], [jobs[i] for i in rows]), strict=True
-            ):
+        for rows in groups.values():
+            for i, result in zip(rows, self._run_group(images[rows], [jobs[i] for i in rows]), strict=True):
                 results[i] = result
         return [r for r in results if r is not None]
 
-    def _run_group(self, method, images: torch.Tensor, jobs: list[Job]) -> list[SampleResult]:
-        def resolve(logits: torch.Tensor) -> list[list[int]]:
-            if method.name == "none":
-                return [[] for _ in jobs]
-            k = min(max(job.top_k for job in jobs), self.num_classes)
-            top = logits.topk(k, dim=1).indices.tolist()
-            return [list(job.targets) or top[i][: job.top_k] for i, job in enumerate(jobs)]
+    def _run_group(self, images: torch.Tensor, jobs: list[Job]) -> list[SampleResult]:
+        method, params = METHODS[jobs[0].method], jobs[0].params
 
-        logits, slots, maps = method.run(self.view, images, resolve)
-        probabilities = torch.softmax(logits.float(), dim=1)
-        results = [SampleResult(p) for p in probabilities]
-        if maps is not None:
-            for row, target, values in zip(slots.rows.tolist(), slots.targets.tolist(), maps.detach(), strict=True):
-                results[row].explanations.append(Explanation(method.name, target, values))
+        def resolve(logits: torch.Tensor) -> list[list[int]]:
+            k = min(max(job.top_classes for job in jobs), self.num_classes)
+            top = logits.topk(k, dim=1).indices.tolist()
+            return [list(job.targets) or top[i][: job.top_classes] for i, job in enumerate(jobs)]
+
+        output = method.run(self.explained, images, resolve, params)
+        results = [SampleResult(p) for p in torch.softmax(output.logits.float(), dim=1)]
+        if output.maps is None:
+            return results
+        stats = output.stats.tolist() if output.stats is not None else [None] * len(output.slots.rows)
+        pairs = zip(output.slots.rows.tolist(), output.slots.targets.tolist(), output.maps.detach(), stats, strict=True)
+        for row, index, values, stat in pairs:
+            if method.explains == "class":
+                explanation = Explanation(method.name, index, values)
+            elif method.explains == "channel":
+                explanation = Explanation(method.name, None, values, channel=index, mean=stat[0], peak=stat[1])
+            else:
+                explanation = Explanation(method.name, None, values)
+            results[row].explanations.append(explanation)
         return results

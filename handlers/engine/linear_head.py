@@ -27,12 +27,14 @@ class LinearHead:
 
     weight: torch.Tensor  # K x C
 
-    def cam(self, activations: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """CAM of each (row, target) pair before the ReLU: M x h x w, equal to Grad-CAM's sum."""
-        one_each = len(rows) == len(activations) and bool((rows == torch.arange(len(rows), device=rows.device)).all())
-        acts = activations if one_each else activations[rows]  # M x C x h x w; no copy in the usual case
-        area = acts.shape[2] * acts.shape[3]
-        return torch.einsum("mc,mchw->mhw", self.weight[targets].to(acts.dtype), acts) / area
+    def gradient(self, targets: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
+        """d logit[target] / dA for each (target, map) pair: W[target, k] / HW at every cell.
+
+        A broadcast view of M x C weights, the shape of ``activations`` (M x C x h x w): no copy.
+        """
+        area = activations.shape[2] * activations.shape[3]
+        weights = self.weight[targets].to(activations.dtype) / area
+        return weights[:, :, None, None].expand_as(activations)
 
 
 def _head(model: nn.Module, layer: nn.Module, example: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:

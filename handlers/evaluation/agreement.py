@@ -233,8 +233,8 @@ def agreement(subject: str, as_shipped: bool = False) -> Agreement:
     model, images = build_subject(subject)
     side = int(images.shape[-1])
     explainer = Explainer(model, (side, side))
-    model = explainer.view.model  # frozen, in eval mode
-    layer, layer_name = explainer.view.layer, explainer.layer_name
+    model = explainer.model  # frozen, in eval mode
+    layer, layer_name = explainer.layer, explainer.layer_name
     with torch.inference_mode():
         targets = distinct_top_targets(model(images))
     relus, module_relus = relu_calls(model, images[:1])

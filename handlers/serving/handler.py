@@ -102,7 +102,7 @@ class GradCamHandler(BaseHandler):
             state = read_state_dict(os.path.join(model_dir, weights), self.device) if weights else None
             model = build_model(self.config.model, model_dir, state)
             self.explainer = Explainer(model, self.config.input.size, self.config.target_layer, self.device)
-            self.model = self.explainer.view.model
+            self.model = self.explainer.model
             self.labels = read_labels(os.path.join(model_dir, "index_to_name.json"), self.explainer.num_classes)
             self.option_parser = OptionParser(
                 self.labels, list(METHODS), self.config.defaults, self.config.max_targets, self.config.max_top_k

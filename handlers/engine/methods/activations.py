@@ -1,0 +1,54 @@
+"""Layer activations: what any layer responds to, channel by channel (not class-specific)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..capture import capture_activation
+from .base import ExplainedModel, Method, MethodError, MethodOutput, MethodParams, Resolver, TargetSlots
+
+
+def _layer_name(model: ExplainedModel, params: MethodParams) -> str:
+    return params.layer or model.layer_name
+
+
+class Activations(Method):
+    """The N most strongly activated channels of a layer (by mean activation), or one channel.
+
+    Read from the forward that predicts, with a hook on the layer: the same numbers as Captum's
+    LayerActivation (checked by the tests), without the second forward it would cost.
+    """
+
+    name = "activations"
+    summary = "Layer activations: the most strongly activated channels of any layer (not class-specific)"
+    explains = "channel"
+    resolution = "layer"
+    passes = "1 forward"
+
+    def check(self, model: ExplainedModel, params: MethodParams, targets: int) -> None:
+        name = _layer_name(model, params)
+        if name not in model.layers:
+            shown = ", ".join(list(model.layers)[:12])
+            raise MethodError(
+                f"option 'layer': {name[:80]!r} is not a layer with a channels-first map; "
+                f"layers (last first): {shown}{', ...' if len(model.layers) > 12 else ''}"
+            )
+        channels = model.layers[name].shape[1]
+        if params.channel is not None and not 0 <= params.channel < channels:
+            raise MethodError(f"option 'channel': {params.channel} is outside 0..{channels - 1} of layer {name!r}")
+
+    def run(self, model: ExplainedModel, images: torch.Tensor, resolve: Resolver, params: MethodParams) -> MethodOutput:
+        layer = model.layers[_layer_name(model, params)].module
+        with torch.inference_mode(), capture_activation(layer, detach_prefix=False) as capture:
+            logits = model.model(images)
+            activations = capture.take()
+            means = activations.mean(dim=(2, 3))
+            if params.channel is not None:
+                chosen = [[params.channel] for _ in range(len(images))]
+            else:
+                chosen = means.topk(min(params.channels, means.shape[1]), dim=1).indices.tolist()
+            slots = TargetSlots.build(chosen, images.device)
+            maps = activations[slots.rows, slots.targets]
+            peaks = activations.amax(dim=(2, 3))
+            stats = torch.stack([means[slots.rows, slots.targets], peaks[slots.rows, slots.targets]], dim=1)
+        return MethodOutput(logits, slots, maps, stats)

@@ -1,0 +1,148 @@
+"""What every explanation method shares: the model it explains, its targets, its contract.
+
+A method runs ONE forward pass for its group of samples (plus what it needs on top: a
+head-only backward, an input backward, perturbed forwards), returns the logits of the
+unperturbed pass (the prediction) and its raw maps. Adding a method is one class in one
+module of this package and one line in the registry (``methods/__init__.py``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..linear_head import LinearHead
+
+
+class MethodError(ValueError):
+    """A method can't explain this request (wrong parameters, a cap exceeded): one request's 400."""
+
+
+@dataclass(frozen=True)
+class MapLayer:
+    """A named module whose output is a channels-first N x C x H x W map."""
+
+    module: nn.Module
+    shape: tuple[int, ...]  # its output for one image: 1 x C x H x W
+
+
+@dataclass(frozen=True)
+class MethodLimits:
+    """Per-model caps on what one request may make a method spend."""
+
+    max_occlusion_forwards: int = 1024  # perturbed forwards per image, all its targets together
+    max_steps: int = 64  # integrated-gradients steps
+
+
+@dataclass(frozen=True)
+class ExplainedModel:
+    """What a method needs to know about the model being explained."""
+
+    model: nn.Module
+    layer: nn.Module
+    layer_name: str
+    linear_head: LinearHead | None
+    input_size: tuple[int, int]
+    layers: dict[str, MapLayer]  # every module with a channels-first map output, last first
+    limits: MethodLimits
+
+
+@dataclass(frozen=True)
+class MethodParams:
+    """Per-request settings of the methods that take any; requests with equal params share a pass.
+
+    ``layer``/``channel``/``channels``: activations (which layer, one channel, how many of the
+    most activated); ``window``/``stride``: occlusion (pixels); ``steps``: integrated gradients.
+    """
+
+    layer: str | None = None
+    channel: int | None = None
+    channels: int = 16
+    window: int | None = None
+    stride: int | None = None
+    steps: int = 16
+
+
+def _long(values: list[int], device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.long, device=device)
+
+
+@dataclass(frozen=True)
+class TargetSlots:
+    """Targets of a group flattened to (row, target) pairs; ``by_depth[j]`` holds each row's j-th target."""
+
+    rows: torch.Tensor  # M, sample index within the group
+    targets: torch.Tensor  # M, class index (or channel index, for activations)
+    by_depth: tuple[torch.Tensor, ...]  # per depth: positions (into rows/targets) it covers
+
+    @classmethod
+    def build(cls, targets_per_row: Sequence[Sequence[int]], device: torch.device) -> TargetSlots:
+        rows, targets, depth_of = [], [], []
+        for row, row_targets in enumerate(targets_per_row):
+            for depth, target in enumerate(row_targets):
+                rows.append(row)
+                targets.append(target)
+                depth_of.append(depth)
+        depth_ids = torch.tensor(depth_of, dtype=torch.long)
+        depth = max((len(t) for t in targets_per_row), default=0)
+        by_depth = tuple(torch.nonzero(depth_ids == j).flatten().to(device) for j in range(depth))
+        return cls(_long(rows, device), _long(targets, device), by_depth)
+
+    def score(self, logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Sum of these positions' target logits: its gradient gives each row its own target's."""
+        return logits[self.rows[positions], self.targets[positions]].sum()
+
+
+Resolver = Callable[[torch.Tensor], list[list[int]]]
+
+
+@dataclass(frozen=True)
+class MethodOutput:
+    """Logits of the unperturbed pass, the (row, target) pairs explained and their raw maps (M x h x w)."""
+
+    logits: torch.Tensor
+    slots: TargetSlots
+    maps: torch.Tensor | None
+    stats: torch.Tensor | None = None  # M x 2 (mean, max) per map, where the method reports them
+
+
+class Method(ABC):
+    """An explanation method: one forward for a group of samples, then its maps."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]  # what the map shows, one line (model description, README)
+    # What each map is of: "class" (one per target class), "channel" (one per channel shown),
+    # "image" (one per image, class-agnostic), "nothing" (no map: prediction only).
+    explains: ClassVar[str] = "class"
+    resolution: ClassVar[str] = "layer"  # "layer": the explained layer's grid; "input": the model input's
+    passes: ClassVar[str]  # the passes it costs, in words
+    uses_layer: ClassVar[bool] = True  # whether its maps come from the explained layer
+
+    @abstractmethod
+    def run(self, model: ExplainedModel, images: torch.Tensor, resolve: Resolver, params: MethodParams) -> MethodOutput:
+        """Explain ``images``; ``resolve(logits)`` turns the pass's logits into each row's targets,
+        so default targets (the top predictions) come from the same forward that explains them."""
+
+    @property
+    def class_specific(self) -> bool:
+        """Whether the map depends on a target class (``target`` applies)."""
+        return self.explains == "class"
+
+    def available(self, model: ExplainedModel) -> bool:
+        """Whether this method can explain ``model`` at all (listed in its description)."""
+        return True
+
+    def check(self, model: ExplainedModel, params: MethodParams, targets: int) -> None:  # noqa: B027 - optional
+        """Raise MethodError when this method can't serve ``params`` with ``targets`` maps per image
+        on ``model``: called per request before any pass, so a refusal is that request's alone."""
+
+
+def predict(model: ExplainedModel, images: torch.Tensor) -> torch.Tensor:
+    """Logits of a plain forward in inference mode."""
+    with torch.inference_mode():
+        return model.model(images)

@@ -1,0 +1,136 @@
+"""The gradient-CAM family: one base, each variant only says how activations and gradients combine.
+
+Every variant needs the target layer's activations A and the gradients dS/dA of each target's
+logit. Both come from the forward that predicts: with a verified pool + linear head the
+gradient is known without any backward (W[c] / HW everywhere), otherwise autograd records only
+the head after the layer (frozen parameters) and one head-only backward runs per target depth.
+The formulas are those of pytorch-grad-cam (and Captum's LayerGradCam for Grad-CAM), which the
+tests and ``make eval`` check them against.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..capture import capture_activation
+from .base import ExplainedModel, Method, MethodError, MethodOutput, MethodParams, Resolver, TargetSlots
+
+_EPS_PLUSPLUS = 1e-6  # pytorch-grad-cam's constants, so maps agree to float precision
+_EPS_XGRADCAM = 1e-7
+
+
+def _pick_rows(activations: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``activations[rows]``, without a copy in the usual case of one target per image, in order."""
+    if len(rows) == len(activations) and bool((rows == torch.arange(len(rows), device=rows.device)).all()):
+        return activations
+    return activations[rows]
+
+
+class GradientCam(Method):
+    """Maps = ReLU(combine(A, dS/dA)) at the target layer; subclasses define ``combine``."""
+
+    resolution = "layer"
+    passes = "1 forward; + 1 head-only backward per target depth unless the head is pool + linear"
+
+    def combine(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        """M x h x w map before the ReLU, from M x C x h x w activations and gradients."""
+        raise NotImplementedError
+
+    def run(self, model: ExplainedModel, images: torch.Tensor, resolve: Resolver, params: MethodParams) -> MethodOutput:
+        if model.linear_head is not None:
+            head = model.linear_head
+            with torch.inference_mode(), capture_activation(model.layer, detach_prefix=False) as capture:
+                logits = model.model(images)
+                slots = TargetSlots.build(resolve(logits), images.device)
+                activations = _pick_rows(capture.take(), slots.rows)
+                gradients = head.gradient(slots.targets, activations)
+                maps = torch.relu(self.combine(activations, gradients))
+            return MethodOutput(logits, slots, maps)
+        with torch.enable_grad(), capture_activation(model.layer, detach_prefix=True) as capture:
+            logits = model.model(images)
+            slots = TargetSlots.build(resolve(logits.detach()), images.device)
+            activations = capture.take()
+            maps = torch.empty((len(slots.rows), *activations.shape[2:]), device=images.device)
+            for j, positions in enumerate(slots.by_depth):
+                (grads,) = torch.autograd.grad(
+                    slots.score(logits, positions), activations, retain_graph=j + 1 < len(slots.by_depth)
+                )
+                rows = slots.rows[positions]
+                maps[positions] = torch.relu(self.combine(activations[rows].detach(), grads[rows]))
+        return MethodOutput(logits.detach(), slots, maps)
+
+
+class GradCam(GradientCam):
+    """Grad-CAM (Selvaraju et al.): channel weights are the spatially averaged gradients."""
+
+    name = "gradcam"
+    summary = "Grad-CAM: where the target layer's channels that raise the class score are active"
+
+    def combine(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        return (gradients.mean(dim=(2, 3), keepdim=True) * activations).sum(dim=1)
+
+
+class Cam(GradCam):
+    """CAM (Zhou et al.): the classifier's weights on the pooled map; only for pool + linear heads,
+    where it equals Grad-CAM and costs no backward."""
+
+    name = "cam"
+    summary = "CAM: the classifier's weights applied to the last feature map (pool + linear heads only)"
+    passes = "1 forward, no backward"
+
+    def available(self, model: ExplainedModel) -> bool:
+        return model.linear_head is not None
+
+    def check(self, model: ExplainedModel, params: MethodParams, targets: int) -> None:
+        if not self.available(model):
+            raise MethodError(
+                "method 'cam' needs a global-average-pool + linear head after the target layer, "
+                "which this model does not have: use 'gradcam', its generalisation"
+            )
+
+
+class HiResCam(GradientCam):
+    """HiResCAM (Draelos & Carin): gradients times activations element-wise, summed over channels."""
+
+    name = "hirescam"
+    summary = "HiResCAM: gradient x activation at each cell, so the map follows what the score used"
+
+    def combine(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        return (gradients * activations).sum(dim=1)
+
+
+class GradCamPlusPlus(GradientCam):
+    """Grad-CAM++ (Chattopadhay et al.): positive gradients weighted by second/third-order terms."""
+
+    name = "gradcam_plusplus"
+    summary = "Grad-CAM++: Grad-CAM weighting positive gradients, better with several instances of a class"
+
+    def combine(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        squared = gradients.pow(2)
+        sums = activations.sum(dim=(2, 3), keepdim=True)
+        alpha = squared / (2 * squared + sums * squared * gradients + _EPS_PLUSPLUS)
+        alpha = torch.where(gradients != 0, alpha, torch.zeros_like(alpha))
+        weights = (torch.relu(gradients) * alpha).sum(dim=(2, 3), keepdim=True)
+        return (weights * activations).sum(dim=1)
+
+
+class XGradCam(GradientCam):
+    """XGrad-CAM (Fu et al.): gradients weighted by the normalised activations."""
+
+    name = "xgradcam"
+    summary = "XGrad-CAM: Grad-CAM with activation-normalised weights (axiom-based)"
+
+    def combine(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        sums = activations.sum(dim=(2, 3), keepdim=True)
+        weights = (gradients * activations / (sums + _EPS_XGRADCAM)).sum(dim=(2, 3), keepdim=True)
+        return (weights * activations).sum(dim=1)
+
+
+class LayerCam(GradientCam):
+    """LayerCAM (Jiang et al.): positive gradients times activations, element-wise."""
+
+    name = "layercam"
+    summary = "LayerCAM: positive gradient x activation at each cell, also meaningful at earlier layers"
+
+    def combine(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        return (torch.relu(gradients) * activations).sum(dim=1)
