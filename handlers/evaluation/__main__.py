@@ -25,6 +25,7 @@ from .localisation import DEFECTS, localisation
 from .report import Setup, render_report
 from .sanity import randomisation_test
 
+logger = logging.getLogger(__name__)
 REPOSITORY = Path(__file__).resolve().parents[2]
 COUNTS = {"scratch": 500, "dent": 500, "scratch+dent": 500}
 SANITY_PER_DEFECT = 50  # images of each defect kind in the randomisation test
@@ -58,10 +59,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     steps = randomisation_test(model, to_tensor([s.image for s in sanity]))
     written = write_examples(model, pick_examples(samples, outcome), args.images)
 
-    setup = Setup(EVALUATION_SEED, COUNTS, len(sanity), sha256_of(WEIGHTS_FILE), time.perf_counter() - started)
+    setup = Setup(EVALUATION_SEED, COUNTS, len(sanity), sha256_of(WEIGHTS_FILE))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render_report(agreements, outcome, steps, written, setup, args.out) + "\n")
-    print(f"wrote {args.out} and {len(written)} pictures in {args.images}")
+    args.out.write_text(render_report(agreements, outcome, steps, written, setup, args.out) + "\n", encoding="utf-8")
+    logger.info(
+        "wrote %s and %d pictures in %s in %.0f s",
+        args.out,
+        len(written),
+        args.images,
+        time.perf_counter() - started,
+    )
 
 
 if __name__ == "__main__":

@@ -66,12 +66,12 @@ def pick_examples(samples: Sequence[Sample], outcome: Localisation) -> list[Exam
     for kind in DEFECTS:
         hit = next((d for d in outcome.defects if d.kind == d.predicted == kind and d.gradcam_hit), None)
         if hit:
-            caption = f"{kind}, predicted {kind}: the maps point at it"
+            caption = f"{kind}, predicted {kind}: the Grad-CAM maximum is on the defect"
             examples.append(Example(f"correct_{kind}", samples[hit.index], kind, caption))
     mixed = next((m for m in outcome.mixed if m.discriminative), None)
     if mixed is not None:
         for defect in DEFECTS:
-            caption = f"scratch+dent, maps of class {defect}: they pick the {defect}"
+            caption = f"scratch+dent, maps of class {defect}: the Grad-CAM maximum is on the {defect}"
             examples.append(Example(f"correct_mixed_{defect}", samples[mixed.index], defect, caption))
     wrong = next((d for d in outcome.defects if d.predicted != d.kind), None)
     if wrong:
@@ -84,7 +84,8 @@ def pick_examples(samples: Sequence[Sample], outcome: Localisation) -> list[Exam
     confused = next((m for m in outcome.mixed if not m.discriminative), None)
     if confused:
         defect = next(d for d in DEFECTS if not confused.hits[d] or confused.confused[d])
-        caption = f"scratch+dent, maps of class {defect}: they miss the {defect}"
+        where = "outside the" if not confused.hits[defect] else "also on the other defect, not only on the"
+        caption = f"scratch+dent, maps of class {defect}: the Grad-CAM maximum is {where} {defect}"
         examples.append(Example("missed_mixed", samples[confused.index], defect, caption))
     return examples
 
