@@ -1,7 +1,8 @@
 """``torchserve-gradcam`` / ``python -m handlers.client``: explain images with a running TorchServe.
 
-For every image: ``<stem>.overlay.png`` (the server's jet overlay), ``<stem>.json`` (its
-answer, overlays as file names) and with ``--sheet`` a four-panel ``<stem>.sheet.png``.
+For every image: ``<stem>.<method>.<label>.png`` (the server's jet overlay, one per explained
+class), ``<stem>.json`` (its answer, overlays as file names) and with ``--sheet`` a
+``<stem>.sheet.png`` (input | probabilities | Grad-CAM | Guided Grad-CAM, a row per class).
 Requests go out ``--concurrency`` at a time so the server can batch them. Exit status:
 0 all explained, 1 some image failed (the others are still done) or the server is
 unreachable, 2 usage error, 130 interrupted (Ctrl-C). Every expected error is one line on stderr.
@@ -87,7 +88,7 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument(
         "--sheet",
         action="store_true",
-        help="also write <stem>.sheet.png: input | probabilities | Grad-CAM | Guided Grad-CAM",
+        help="also write <stem>.sheet.png: input | probabilities | Grad-CAM | Guided Grad-CAM, a row per target",
     )
     cli.add_argument("-v", "--verbose", action="store_true", help="log every request")
     return cli

@@ -1,4 +1,4 @@
-"""Explain one image end to end: request(s), then the overlay PNG(s), the JSON and the sheet.
+"""Explain one image end to end: request(s), then the overlay PNGs, the JSON and the sheet.
 
 ``<stem>.json`` is the server's answer with each overlay's base64 ``png`` replaced by
 ``file``, the name of the PNG written next to it (the JSON stays small and readable).
@@ -113,45 +113,44 @@ class Pipeline:
         (self.out_dir / name).write_bytes(data)
         logger.debug("wrote %s", self.out_dir / name)
 
-    def _write_overlays(self, answer: dict[str, Any], stem: str) -> list[Image.Image]:
-        """``<stem>.overlay.png`` for the first explanation, ``<stem>.overlay.<label>.png`` for others."""
-        overlays = []
-        for position, entry in enumerate(answer.get("explanations", [])):
+    def _write_overlays(self, answer: dict[str, Any], stem: str) -> dict[int, Image.Image]:
+        """``<stem>.<method>.<label>.png`` for every explanation; the overlays by target index."""
+        overlays: dict[int, Image.Image] = {}
+        for entry in answer.get("explanations", []):
             if "png" not in entry:
                 continue
             data, overlay = decode_png(entry.pop("png"))
-            name = f"{stem}.overlay.png" if position == 0 else f"{stem}.overlay.{_slug(entry['target']['label'])}.png"
+            name = f"{stem}.{entry['method']}.{_slug(str(entry['target']['label']))}.png"
             self._write(name, data)
             entry["file"] = name
-            overlays.append(overlay)
+            overlays[int(entry["target"]["index"])] = overlay
         return overlays
 
     def _write_sheet(
-        self, image: bytes, path: Path, stem: str, answer: dict[str, Any], overlays: list[Image.Image]
+        self, image: bytes, path: Path, stem: str, answer: dict[str, Any], overlays: dict[int, Image.Image]
     ) -> None:
-        """Grad-CAM overlay and Guided Grad-CAM map of the same target, then the four-panel sheet."""
-        from .sheet import Panels, render_sheet  # imports torch (through handlers.render): only for --sheet
+        """Grad-CAM overlay and Guided Grad-CAM map of every explained target, then the sheet.
+
+        At most two more requests whatever the number of targets: one for the Grad-CAM overlays
+        (unless the answer already has them), one for the raw Guided Grad-CAM maps.
+        """
+        from .sheet import Panels, TargetMaps, render_sheet  # imports torch (through handlers.render): only for --sheet
 
         explanations = answer.get("explanations", [])
-        target = (
-            explanations[0]["target"]
-            if explanations
-            else {"index": answer["predictions"][0]["index"], "label": answer["predictions"][0]["label"]}
-        )
-        pinned = (str(target["index"]),)
-        if self.request.method == "gradcam" and overlays:
-            gradcam = overlays[0]
-        else:
+        targets = [e["target"] for e in explanations] or [
+            {"index": answer["predictions"][0]["index"], "label": answer["predictions"][0]["label"]}
+        ]
+        pinned = tuple(str(target["index"]) for target in targets)
+        if self.request.method != "gradcam" or not all(int(t["index"]) in overlays for t in targets):
             reply = self.client.explain(image, path.name, self.request.fields("gradcam", pinned))
-            _, gradcam = decode_png(reply["explanations"][0]["png"])
+            overlays = {int(e["target"]["index"]): decode_png(e["png"])[1] for e in reply["explanations"]}
         guided = self.client.explain(image, path.name, self.request.fields("guided_gradcam", pinned, fmt="raw"))
+        raw = {int(e["target"]["index"]): e["values"] for e in guided["explanations"]}
         panels = Panels(
             source=Image.open(io.BytesIO(image)),
             title=path.name,
             predictions=answer["predictions"],
-            target_label=str(target["label"]),
-            gradcam=gradcam,
-            guided=guided["explanations"][0]["values"],
+            targets=[TargetMaps(str(t["label"]), overlays[int(t["index"])], raw[int(t["index"])]) for t in targets],
         )
         buffer = io.BytesIO()
         render_sheet(panels).save(buffer, format="PNG")

@@ -1,5 +1,8 @@
 """One contact sheet per image: input | probability bars | Grad-CAM overlay | Guided Grad-CAM.
 
+With several targets, each gets its own row of Grad-CAM | Guided Grad-CAM under the first
+(the input and the bars are drawn once, in the first row), as in the Grad-CAM paper's figures.
+
 Drawn with PIL (the bar chart with ``ImageDraw``, no plotting library). The guided map is
 shown as a grayscale picture by ``handlers.render``, contrast-stretched to its 99.5th
 percentile: guided maps are sparse, and a few peaks would otherwise leave the rest black.
@@ -29,15 +32,22 @@ TRACK = (232, 232, 232)
 
 
 @dataclass(frozen=True)
+class TargetMaps:
+    """Both maps of one explained class."""
+
+    label: str
+    gradcam: Image.Image  # the server's jet overlay (format=overlay)
+    guided: Sequence[Sequence[float]]  # the raw Guided Grad-CAM map (format=raw)
+
+
+@dataclass(frozen=True)
 class Panels:
-    """What one sheet shows: the uploaded image, the server's predictions and both maps of one target."""
+    """What one sheet shows: the uploaded image, the server's predictions and both maps of each target."""
 
     source: Image.Image
     title: str
     predictions: Sequence[dict[str, Any]]
-    target_label: str
-    gradcam: Image.Image  # the server's jet overlay (format=overlay)
-    guided: Sequence[Sequence[float]]  # the raw Guided Grad-CAM map (format=raw)
+    targets: Sequence[TargetMaps]
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -97,31 +107,45 @@ def probability_bars(predictions: Sequence[dict[str, Any]]) -> Image.Image:
 
 
 def render_sheet(panels: Panels) -> Image.Image:
-    """The four panels side by side with titles, and the file name as a caption."""
+    """Four panel columns with titles, one row per target, and the file name as a caption."""
     source = ImageOps.exif_transpose(panels.source)
-    pictures = [
-        ("input", _square(source)),
-        ("probabilities", probability_bars(panels.predictions)),
-        (f"Grad-CAM: {panels.target_label}", _square(panels.gradcam)),
-        (f"Guided Grad-CAM: {panels.target_label}", _square(guided_picture(panels.guided), Image.Resampling.NEAREST)),
-    ]
-    width = len(pictures) * PANEL + (len(pictures) + 1) * MARGIN
-    sheet = Image.new("RGB", (width, MARGIN + TITLE + PANEL + FOOTER + MARGIN), BACKGROUND)
+    rows: list[list[tuple[str, Image.Image] | None]] = []
+    for position, maps in enumerate(panels.targets):
+        first: list[tuple[str, Image.Image] | None] = (
+            [("input", _square(source)), ("probabilities", probability_bars(panels.predictions))]
+            if position == 0
+            else [None, None]
+        )
+        rows.append(
+            [
+                *first,
+                (f"Grad-CAM: {maps.label}", _square(maps.gradcam)),
+                (f"Guided Grad-CAM: {maps.label}", _square(guided_picture(maps.guided), Image.Resampling.NEAREST)),
+            ]
+        )
+    columns, row_height = 4, TITLE + PANEL + MARGIN
+    width = columns * PANEL + (columns + 1) * MARGIN
+    sheet = Image.new("RGB", (width, MARGIN + len(rows) * row_height + FOOTER), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     title_font, caption_font = _font(15), _font(12)
-    for column, (title, picture) in enumerate(pictures):
-        left = MARGIN + column * (PANEL + MARGIN)
-        draw.text(
-            (left + PANEL // 2, MARGIN + TITLE // 2),
-            _fit(title, draw, title_font, PANEL),
-            fill=INK,
-            font=title_font,
-            anchor="mm",
-        )
-        sheet.paste(picture, (left, MARGIN + TITLE))
-        draw.rectangle((left - 1, MARGIN + TITLE - 1, left + PANEL, MARGIN + TITLE + PANEL), outline=(200, 200, 200))
+    for row, pictures in enumerate(rows):
+        top = MARGIN + row * row_height
+        for column, cell in enumerate(pictures):
+            if cell is None:
+                continue
+            title, picture = cell
+            left = MARGIN + column * (PANEL + MARGIN)
+            draw.text(
+                (left + PANEL // 2, top + TITLE // 2),
+                _fit(title, draw, title_font, PANEL),
+                fill=INK,
+                font=title_font,
+                anchor="mm",
+            )
+            sheet.paste(picture, (left, top + TITLE))
+            draw.rectangle((left - 1, top + TITLE - 1, left + PANEL, top + TITLE + PANEL), outline=(200, 200, 200))
     draw.text(
-        (MARGIN, MARGIN + TITLE + PANEL + FOOTER // 2 + 2),
+        (MARGIN, sheet.height - MARGIN - FOOTER + FOOTER // 2 + 2),  # under the last row of panels
         _fit(panels.title, draw, caption_font, width - 2 * MARGIN),
         fill=(90, 90, 90),
         font=caption_font,

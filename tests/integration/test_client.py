@@ -59,15 +59,16 @@ def test_each_image_gets_an_overlay_and_its_json(sheet_run):
     status, _, out = sheet_run
     assert status == 1, "one file is not an image: the run must report a failure"
     for stem in STEMS:
-        with Image.open(out / f"{stem}.overlay.png") as overlay:
-            assert overlay.format == "PNG" and overlay.size == (INPUT_SIZE, INPUT_SIZE)
-            assert np.asarray(overlay.convert("RGB")).std() > 5
         answer = json.loads((out / f"{stem}.json").read_text())
         assert {p["label"] for p in answer["predictions"]} == set(CLASSES)
         (explanation,) = answer["explanations"]
         assert explanation["method"] == "gradcam" and explanation["format"] == "overlay"
-        assert explanation["file"] == f"{stem}.overlay.png" and "png" not in explanation
         assert explanation["target"] == {k: answer["predictions"][0][k] for k in ("index", "label")}
+        name = f"{stem}.gradcam.{explanation['target']['label']}.png"
+        assert explanation["file"] == name and "png" not in explanation
+        with Image.open(out / name) as overlay:
+            assert overlay.format == "PNG" and overlay.size == (INPUT_SIZE, INPUT_SIZE)
+            assert np.asarray(overlay.convert("RGB")).std() > 5
     assert not list(out.glob("not_an_image*")) and not list(out.glob("notes*"))
 
 
@@ -84,9 +85,9 @@ def test_summary_lists_every_image_and_the_failure(sheet_run):
     assert lines[-1].startswith("6 image(s): 5 ok, 1 failed")
 
 
-def panels(sheet: Image.Image) -> list[np.ndarray]:
-    """The four PANEL x PANEL picture areas of a sheet, left to right, as float RGB arrays."""
-    top = MARGIN + TITLE
+def panels(sheet: Image.Image, row: int = 0) -> list[np.ndarray]:
+    """The four PANEL x PANEL picture areas of one row of a sheet, left to right, as float RGB arrays."""
+    top = MARGIN + row * (TITLE + PANEL + MARGIN) + TITLE
     picture = np.asarray(sheet.convert("RGB"), dtype=np.float32)
     return [
         picture[top : top + PANEL, left : left + PANEL]
@@ -118,7 +119,7 @@ def test_sheet_has_four_non_blank_panels(sheet_run, images):
 
 
 def test_explicit_targets_and_method(server, images, tmp_path):
-    """Two targets, Guided Grad-CAM overlays; the sheet then asks for the Grad-CAM overlay of the first target."""
+    """Two targets, Guided Grad-CAM overlays: one file each, named alike; the sheet shows both targets, a row each."""
     image = images / "scratch_dent.png"
     status, printed = run_cli(
         "--url",
@@ -140,14 +141,20 @@ def test_explicit_targets_and_method(server, images, tmp_path):
     answer = json.loads((tmp_path / "scratch_dent.json").read_text())
     assert len(answer["predictions"]) == 2
     assert [(e["method"], e["target"]["label"], e["file"]) for e in answer["explanations"]] == [
-        ("guided_gradcam", "scratch", "scratch_dent.overlay.png"),
-        ("guided_gradcam", "dent", "scratch_dent.overlay.dent.png"),
+        ("guided_gradcam", "scratch", "scratch_dent.guided_gradcam.scratch.png"),
+        ("guided_gradcam", "dent", "scratch_dent.guided_gradcam.dent.png"),
     ]
     assert "scratch, dent" in printed
-    with Image.open(tmp_path / "scratch_dent.overlay.dent.png") as overlay:
-        assert overlay.size == (INPUT_SIZE, INPUT_SIZE)
+    for label in ("scratch", "dent"):
+        with Image.open(tmp_path / f"scratch_dent.guided_gradcam.{label}.png") as overlay:
+            assert overlay.size == (INPUT_SIZE, INPUT_SIZE)
     with Image.open(tmp_path / "scratch_dent.sheet.png") as sheet:
-        assert all(panel.std() > 5 for panel in panels(sheet))
+        assert sheet.size == (4 * PANEL + 5 * MARGIN, MARGIN + 2 * (TITLE + PANEL + MARGIN) + FOOTER)
+        first, second = panels(sheet), panels(sheet, row=1)
+    assert all(panel.std() > 5 for panel in first)
+    assert second[0].std() == second[1].std() == 0, "input and bars are drawn once, in the first row"
+    assert second[2].std() > 5 and second[3].std() > 5, "the second target's maps are missing"
+    assert np.abs(second[2] - first[2]).mean() > 1, "both rows show the same Grad-CAM map"
 
 
 def test_bad_option_is_reported_per_image(server, images, tmp_path):
