@@ -24,10 +24,22 @@ $(MAR): $(STAMP) $(SOURCES) handlers/inspection/inspection.pth
 
 mar: $(MAR)
 
+# What `make serve` serves: name=file.mar pairs from model_store/, e.g.
+#   make serve MODELS="inspection=inspection.mar resnet50=resnet50.mar"
+MODELS ?= inspection=inspection.mar
+# Another config.properties (e.g. other ports, for a second server next to this one).
+TS_CONFIG ?= config.properties
+
+# TorchServe runs in its own process group (setsid); Ctrl-C (or a TERM) stops that whole
+# group with SIGTERM, as TorchServe's own shutdown expects, instead of a Python traceback.
 serve: $(STAMP) java-check $(MAR)
-	@echo "TorchServe on http://127.0.0.1:8080 (Ctrl-C stops it). In another terminal:"
+	@echo "TorchServe serving $(MODELS) with $(TS_CONFIG) (Ctrl-C stops it). In another terminal, e.g.:"
 	@echo "  curl -X POST http://127.0.0.1:8080/predictions/inspection -T handlers/inspection/samples/scratch.png"
-	$(VENV)/bin/torchserve --start --foreground --ncs --model-store model_store --ts-config config.properties --models inspection=inspection.mar
+	@setsid $(VENV)/bin/torchserve --start --foreground --ncs --model-store model_store --ts-config $(TS_CONFIG) \
+	    --models $(MODELS) & server=$$!; \
+	  trap 'kill -TERM -$$server 2>/dev/null; while kill -0 -$$server 2>/dev/null; do sleep 0.2; done; \
+	    echo "TorchServe stopped."; exit 0' INT TERM; \
+	  wait $$server
 
 test: $(STAMP) java-check browser
 	$(PY) -m pytest
