@@ -48,9 +48,11 @@ _LIMIT_HELP = {
     "max_image_pixels": "refuse larger images with 413",
     "max_targets": "most classes one request may name or explain",
     "max_top_k": "most predictions one request may ask for (top_k)",
-    "max_response_bytes": "refuse answers larger than this with 413; keep it below the server's max_response_size",
+    "max_response_bytes": "refuse answers larger than this with 400; keep it below the server's max_response_size",
     "max_jpeg_scans": "refuse progressive JPEGs with more scans (decode-time bomb)",
     "decode_timeout_s": "seconds one image may take to decode",
+    "max_occlusion_forwards": "most perturbed forwards one image may cost with method occlusion",
+    "max_ig_steps": "most steps a request may ask of method integrated_gradients",
 }
 # Bounds of the TorchServe keys, with the reason for each upper bound in the flag's help.
 BATCH_SIZE = (1, 256)
@@ -265,7 +267,8 @@ def check_model(plan: Plan, stage: Path) -> Explainer:
     serving = ServingConfig.from_yaml(plan.config)
     state = read_state_dict(str(plan.weights), torch.device("cpu"))
     try:
-        explainer = Explainer(build_model(serving.model, str(stage), state), serving.input.size, serving.target_layer)
+        model = build_model(serving.model, str(stage), state)
+        explainer = Explainer(model, serving.input.size, serving.target_layer, limits=serving.method_limits)
     except ModelClassError as error:
         raise _model_class_error(error, serving.model.get("class")) from None
     except TargetLayerError as error:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 
 import numpy as np
 import torch
@@ -36,3 +37,21 @@ def overlay(image: Image.Image, heatmap: torch.Tensor, alpha: float = 0.5) -> Im
     base = np.asarray(image.convert("RGB"), dtype=np.float32)
     blended = (1.0 - alpha) * base + alpha * jet(upsampled).astype(np.float32)
     return Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8), mode="RGB")
+
+
+TILE_GAP = 1  # pixels of black between tiles
+
+
+def tiles(maps: list[torch.Tensor]) -> tuple[Image.Image, tuple[int, int]]:
+    """A grayscale mosaic of [0, 1] maps of one size, row by row in a near-square grid.
+
+    Returns the picture and its (rows, columns), as the layer-activation figures show channels.
+    """
+    columns = math.ceil(math.sqrt(len(maps)))
+    rows = math.ceil(len(maps) / columns)
+    height, width = maps[0].shape
+    mosaic = Image.new("L", (columns * (width + TILE_GAP) - TILE_GAP, rows * (height + TILE_GAP) - TILE_GAP))
+    for i, values in enumerate(maps):
+        row, column = divmod(i, columns)
+        mosaic.paste(grayscale(values), (column * (width + TILE_GAP), row * (height + TILE_GAP)))
+    return mosaic, (rows, columns)

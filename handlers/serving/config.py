@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..engine.methods.base import MethodLimits
 from ..preprocess import InputSpec
 
 CONFIG_KEY = "gradcam"
@@ -21,6 +22,8 @@ LIMIT_DEFAULTS: dict[str, int | float] = {
     "max_response_bytes": 6_000_000,
     "max_jpeg_scans": 100,
     "decode_timeout_s": 10.0,
+    "max_occlusion_forwards": MethodLimits.max_occlusion_forwards,
+    "max_ig_steps": MethodLimits.max_ig_steps,
 }
 
 
@@ -51,6 +54,8 @@ class ServingConfig:
     max_response_bytes: int = int(LIMIT_DEFAULTS["max_response_bytes"])
     max_jpeg_scans: int = int(LIMIT_DEFAULTS["max_jpeg_scans"])
     decode_timeout_s: float = float(LIMIT_DEFAULTS["decode_timeout_s"])
+    max_occlusion_forwards: int = MethodLimits.max_occlusion_forwards
+    max_ig_steps: int = MethodLimits.max_ig_steps
     # Torch intra-op threads per worker; None: OMP_NUM_THREADS if set, else 1 (see threads()).
     torch_threads: int | None = None
 
@@ -85,6 +90,11 @@ class ServingConfig:
             torch_threads=threads,
             **{key: _limit(section, key) for key in LIMIT_DEFAULTS},
         )
+
+    @property
+    def method_limits(self) -> MethodLimits:
+        """The caps the engine's methods enforce per request."""
+        return MethodLimits(self.max_occlusion_forwards, self.max_ig_steps)
 
     def threads(self, environ: Mapping[str, str]) -> int | None:
         """Torch threads the worker should set, or None to keep what OMP_NUM_THREADS already set.

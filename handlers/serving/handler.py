@@ -20,13 +20,13 @@ import torch
 from PIL import Image
 from ts.torch_handler.base_handler import BaseHandler
 
-from ..engine import METHODS, Explainer, Job, SampleResult
+from ..engine import METHODS, Explainer, Job, MethodError, SampleResult
 from ..models import build_model, read_labels, read_state_dict
 from ..preprocess import Preprocessor
-from .config import ServingConfig
+from .config import LIMIT_DEFAULTS, ServingConfig
 from .decode import DecodeLimits, decode_image
-from .errors import RequestError
-from .options import OptionParser, RequestOptions
+from .errors import RequestError, bad_request
+from .options import FORMATS, OptionParser, RequestOptions
 from .payload import extract_payload
 from .response import answer
 
@@ -35,11 +35,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Prepared:
-    """A request that decoded: its tensor, the picture the model sees, its options."""
+    """A request that decoded: its tensor, the picture the model sees, its options and engine job."""
 
     tensor: torch.Tensor
-    view: Image.Image
+    picture: Image.Image
     options: RequestOptions
+    job: Job
 
 
 Outcome = SampleResult | RequestError
@@ -101,7 +102,9 @@ class GradCamHandler(BaseHandler):
             weights = self.manifest["model"].get("serializedFile")
             state = read_state_dict(os.path.join(model_dir, weights), self.device) if weights else None
             model = build_model(self.config.model, model_dir, state)
-            self.explainer = Explainer(model, self.config.input.size, self.config.target_layer, self.device)
+            self.explainer = Explainer(
+                model, self.config.input.size, self.config.target_layer, self.device, limits=self.config.method_limits
+            )
             self.model = self.explainer.model
             self.labels = read_labels(os.path.join(model_dir, "index_to_name.json"), self.explainer.num_classes)
             self.option_parser = OptionParser(
@@ -131,11 +134,16 @@ class GradCamHandler(BaseHandler):
     def _prepare(self, row: dict[str, Any], headers: dict[str, Any]) -> Prepared:
         payload = extract_payload(row, str(headers.get("content-type", "")))
         options = self.option_parser.for_request(headers, payload.fields, explain=headers.get("explain") == "True")
+        job = Job(options.method, options.targets, options.top_k_explanations, options.params)
+        try:
+            self.explainer.check(job)  # refused here, the request is alone in failing
+        except MethodError as error:
+            raise bad_request(str(error)) from None
         image = decode_image(
             payload.image, self.config.max_image_pixels, reduce_to=self.decode_size, limits=self.decode_limits
         )
-        view = self.preprocessor.view(image)
-        return Prepared(self.preprocessor.tensor(view), view, options)
+        picture = self.preprocessor.view(image)
+        return Prepared(self.preprocessor.tensor(picture), picture, options, job)
 
     def preprocess(self, data: list[dict[str, Any]]) -> list[Prepared | RequestError]:
         """Read and decode each request on its own; anything it raises becomes its own answer."""
@@ -148,8 +156,7 @@ class GradCamHandler(BaseHandler):
         return prepared
 
     def _explain(self, items: list[Prepared]) -> list[SampleResult]:
-        jobs = [Job(p.options.method, p.options.targets, p.options.top_k_explanations) for p in items]
-        return self.explainer.explain(torch.stack([p.tensor for p in items]), jobs)
+        return self.explainer.explain(torch.stack([p.tensor for p in items]), [p.job for p in items])
 
     def inference(self, prepared: list[Prepared | RequestError]) -> list[Outcome]:
         """One engine call for every request that decoded (one forward per method).
@@ -181,7 +188,7 @@ class GradCamHandler(BaseHandler):
             return outcome, b""
         assert isinstance(item, Prepared)
         try:
-            body = answer(outcome, item.options, self.labels, self.explainer.layer_name, item.view)
+            body = answer(outcome, item.options, self.labels, self.explainer.layer_name, item.picture)
             encoded = json.dumps(body, separators=(",", ":")).encode("utf-8")
         except Exception as error:  # noqa: BLE001 - one answer's failure must not fail its batch
             return _refusal(error, "render"), b""
@@ -202,10 +209,44 @@ class GradCamHandler(BaseHandler):
             responses.append(encoded)
         return responses
 
+    def describe_handle(self) -> str:
+        """What this model serves, for ``GET /models/{name}?customized=true`` on the management API."""
+        return json.dumps(self.description(), separators=(",", ":"))
+
+    def description(self) -> dict[str, Any]:
+        """Methods, labels, layers, options and limits: what a client needs to ask without guessing."""
+        explainer = self.explainer
+        methods = [
+            {
+                "name": name,
+                "summary": METHODS[name].summary,
+                "class_specific": METHODS[name].class_specific,
+                "resolution": METHODS[name].resolution,
+                "passes": METHODS[name].passes,
+                "options": list(METHODS[name].params),
+            }
+            for name in explainer.methods
+        ]
+        limits = {key: getattr(self.config, key) for key in LIMIT_DEFAULTS}
+        return {
+            "model": self.context.model_name,
+            "input_size": list(explainer.input_size),
+            "target_layer": explainer.layer_name,
+            "cam_fast_path": explainer.uses_cam_fast_path,
+            "labels": self.labels,
+            "methods": methods,
+            "layers": explainer.layer_names,
+            "formats": list(FORMATS),
+            "defaults": self.option_parser.defaults_as_fields(),
+            "limits": limits,
+        }
+
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[bytes]:
-        """Entry point for every batch; always one answer per request."""
+        """Entry point for every batch; always one answer per request (a description when asked)."""
         start = time.perf_counter()
         self.context = context
+        if context.get_request_header(0, "describe") == "True":
+            return [self.describe_handle().encode("utf-8")]
         prepared = self.preprocess(data)
         outcomes = self.inference(prepared)
         output = self.postprocess(outcomes, prepared)

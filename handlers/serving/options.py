@@ -10,16 +10,27 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from ..engine import METHODS, MethodParams
 from .config import LIMIT_DEFAULTS
 from .errors import RequestError, bad_request
 
 HEADER_PREFIX = "x-explain-"
-FORMATS = ("grid", "png", "overlay", "raw")
+FORMATS = ("grid", "png", "overlay", "raw", "tiles")
 SIZES = ("feature", "input")
-OPTIONS = ("method", "target", "top_k", "top_k_explanations", "format", "size")
+# Options of every request, then the method parameters (each applies to the methods that list it).
+GENERAL_OPTIONS = ("method", "target", "top_k", "top_k_explanations", "format", "size")
+PARAM_RANGES: dict[str, tuple[int, int]] = {
+    "channel": (0, 1_000_000),
+    "channels": (1, 256),
+    "window": (1, 100_000),
+    "stride": (1, 100_000),
+    "steps": (1, 100_000),
+}
+OPTIONS = (*GENERAL_OPTIONS, "layer", *PARAM_RANGES)
+_MAX_LAYER_NAME = 300
 BUILTIN_DEFAULTS: dict[str, Any] = {
     "method": "gradcam",
     "top_k": 3,
@@ -39,6 +50,7 @@ class RequestOptions:
     top_k_explanations: int
     format: str
     size: str
+    params: MethodParams = field(default_factory=MethodParams)
 
 
 def header_options(headers: Mapping[str, Any]) -> dict[str, Any]:
@@ -116,6 +128,10 @@ class OptionParser:
         except RequestError as error:
             raise ValueError(f"invalid 'gradcam.defaults' in the model config: {error}") from None
 
+    def defaults_as_fields(self) -> dict[str, Any]:
+        """The model's default options, as a request would write them."""
+        return dict(self._default_fields)
+
     def _class_index(self, value: Any) -> int:
         if isinstance(value, bool):
             raise bad_request(f"option 'target' must be a class index or label, got {value!r}")
@@ -166,16 +182,39 @@ class OptionParser:
         if request_fields and "target" in request_fields and "top_k_explanations" in request_fields:
             raise bad_request("give either 'target' or 'top_k_explanations', not both")
         num_classes = len(self.labels)
+        method = _choice("method", fields["method"], self.methods)
+        fmt = _choice("format", fields["format"], FORMATS)
+        if fmt == "tiles" and method != "activations":
+            raise bad_request("format 'tiles' (a mosaic of channels) is for method 'activations' only")
         return RequestOptions(
-            method=_choice("method", fields["method"], self.methods),
+            method=method,
             targets=self._targets(fields["target"]) if fields.get("target") not in (None, "") else (),
             top_k=min(_integer("top_k", fields["top_k"], 1, self.max_top_k), num_classes),
             top_k_explanations=_integer(
                 "top_k_explanations", fields["top_k_explanations"], 1, min(num_classes, self.max_targets)
             ),
-            format=_choice("format", fields["format"], FORMATS),
+            format=fmt,
             size=_choice("size", fields["size"], SIZES),
+            params=self._params(method, fields),
         )
+
+    def _params(self, method: str, fields: Mapping[str, Any]) -> MethodParams:
+        """The method parameters given, each checked to apply to ``method``."""
+        given = {name: fields[name] for name in ("layer", *PARAM_RANGES) if fields.get(name) not in (None, "")}
+        accepted = METHODS[method].params if method in METHODS else ()
+        for name in given:
+            if name not in accepted:
+                users = [m.name for m in METHODS.values() if name in m.params]
+                raise bad_request(f"option '{name}' applies to method {' or '.join(users)} only, not to {method!r}")
+        values: dict[str, Any] = {
+            name: _integer(name, value, *PARAM_RANGES[name]) for name, value in given.items() if name != "layer"
+        }
+        if "layer" in given:
+            layer = _text(given["layer"])
+            if not isinstance(layer, str) or not 0 < len(layer.strip()) <= _MAX_LAYER_NAME:
+                raise bad_request(f"option 'layer' must be a layer name, got {shown(layer)}")
+            values["layer"] = layer.strip()
+        return MethodParams(**values)
 
     def for_request(
         self, headers: Mapping[str, Any], body_fields: Mapping[str, Any], explain: bool = False

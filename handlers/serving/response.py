@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..engine import Explanation, SampleResult
-from ..render import normalise, overlay, png_base64, resize_map, to_grid
+from ..engine import METHODS, Explanation, SampleResult
+from ..render import normalise, overlay, png_base64, resize_map, tiles, to_grid
 from ..render.images import grayscale
 from .options import RequestOptions
 
@@ -31,40 +31,79 @@ def _raw_grid(values: torch.Tensor) -> list[list[float]]:
     return [[float(f"{v:.{RAW_SIGNIFICANT}g}") for v in row] for row in values.cpu().double().tolist()]
 
 
-def explanation(
-    item: Explanation, options: RequestOptions, labels: Sequence[str], layer: str, view: Image.Image
-) -> dict[str, Any]:
-    """One explanation in the requested format; ``view`` is the picture the model saw."""
-    values = item.values.detach().float().cpu()
-    if options.size == "input" or options.format == "overlay":
-        values = resize_map(values, (view.height, view.width))
+def _scaled(item: Explanation, values: torch.Tensor) -> torch.Tensor:
+    """The map in [0, 1]: divided by its maximum (0 keeps meaning 'no evidence'); activations,
+    which may be negative before a ReLU, are scaled from their minimum to their maximum."""
+    if item.channel is None:
+        return normalise(values)
+    low, high = values.min(), values.max()
+    return (values - low) / (high - low) if high > low else torch.zeros_like(values)
+
+
+def _describe(item: Explanation, options: RequestOptions, labels: Sequence[str], layer: str) -> dict[str, Any]:
+    """What a map is of: method, target (or none), the layer it comes from, its resolution."""
+    method = METHODS[item.method]
     entry: dict[str, Any] = {
         "method": item.method,
-        "target": {"index": item.target, "label": labels[item.target]},
-        "layer": layer,
-        "format": options.format,
-        "shape": list(values.shape),
+        "class_specific": method.class_specific,
+        "target": None if item.target is None else {"index": item.target, "label": labels[item.target]},
+        "layer": (options.params.layer or layer) if method.uses_layer else None,
+        "resolution": method.resolution,
     }
+    if item.channel is not None:
+        entry.update(channel=item.channel, mean=_rounded(item.mean), max=_rounded(item.peak))
+    return entry
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else float(f"{value:.{RAW_SIGNIFICANT}g}")
+
+
+def explanation(
+    item: Explanation, options: RequestOptions, labels: Sequence[str], layer: str, picture: Image.Image
+) -> dict[str, Any]:
+    """One explanation in the requested format; ``picture`` is what the model saw."""
+    values = item.values.detach().float().cpu()
+    if options.size == "input" or options.format == "overlay":
+        values = resize_map(values, (picture.height, picture.width))
+    entry = _describe(item, options, labels, layer)
+    entry.update(format=options.format, shape=list(values.shape))
     if options.format == "raw":
-        entry["values"] = _raw_grid(values)
-        entry["min"] = float(values.min())
-        entry["max"] = float(values.max())
+        entry.update(values=_raw_grid(values), min=float(values.min()), max=float(values.max()))
         return entry
-    heatmap = normalise(values)
+    heatmap = _scaled(item, values)
     if options.format == "grid":
         entry["heatmap"] = to_grid(heatmap, HEATMAP_DECIMALS)
     elif options.format == "png":
         entry["png"] = png_base64(grayscale(heatmap))
     else:
-        entry["png"] = png_base64(overlay(view, heatmap))
+        entry["png"] = png_base64(overlay(picture, heatmap))
+    return entry
+
+
+def mosaic(items: list[Explanation], options: RequestOptions, labels: Sequence[str], layer: str) -> dict[str, Any]:
+    """All channels of an activations answer as one grayscale PNG, a tile per channel, in order."""
+    entry = _describe(items[0], options, labels, layer)
+    for key in ("channel", "mean", "max"):
+        entry.pop(key, None)
+    maps = [_scaled(item, item.values.detach().float().cpu()) for item in items]
+    picture, grid = tiles(maps)
+    entry.update(
+        format="tiles",
+        channels=[{"index": i.channel, "mean": _rounded(i.mean), "max": _rounded(i.peak)} for i in items],
+        grid=list(grid),
+        tile_shape=list(maps[0].shape),
+        png=png_base64(picture),
+    )
     return entry
 
 
 def answer(
-    result: SampleResult, options: RequestOptions, labels: Sequence[str], layer: str, view: Image.Image
+    result: SampleResult, options: RequestOptions, labels: Sequence[str], layer: str, picture: Image.Image
 ) -> dict[str, Any]:
     """The response object of one image (the documented contract)."""
-    return {
-        "predictions": predictions(result.probabilities, labels, options.top_k),
-        "explanations": [explanation(item, options, labels, layer, view) for item in result.explanations],
-    }
+    if options.format == "tiles" and result.explanations:
+        explanations = [mosaic(result.explanations, options, labels, layer)]
+    else:
+        explanations = [explanation(item, options, labels, layer, picture) for item in result.explanations]
+    return {"predictions": predictions(result.probabilities, labels, options.top_k), "explanations": explanations}

@@ -107,7 +107,9 @@ def test_concurrent_batch_with_an_undecodable_image(server, samples):
 def test_bad_options_are_400_for_that_request_only(server, samples):
     unknown = post(server, samples["ok"], headers={"X-Explain-Method": "lime"})
     assert unknown.status_code == 400
-    assert unknown.json() == {"error": "option 'method' must be one of none, gradcam, guided_gradcam; got 'lime'"}
+    assert unknown.json() == {
+        "error": "option 'method' must be one of none, gradcam, guided_gradcam, cam, hirescam, gradcam_plusplus, xgradcam, layercam, eigencam, guided_backprop, activations, occlusion, integrated_gradients; got 'lime'"
+    }
     outside = post(server, samples["ok"], headers={"X-Explain-Target": "7"})
     assert outside.status_code == 400 and "outside 0..2" in outside.json()["error"]
     assert post(server, samples["ok"]).status_code == 200  # the worker keeps serving

@@ -24,6 +24,7 @@ class Activations(Method):
     explains = "channel"
     resolution = "layer"
     passes = "1 forward"
+    params = ("layer", "channel", "channels")
 
     def check(self, model: ExplainedModel, params: MethodParams, targets: int) -> None:
         name = _layer_name(model, params)

@@ -36,7 +36,7 @@ class MethodLimits:
     """Per-model caps on what one request may make a method spend."""
 
     max_occlusion_forwards: int = 1024  # perturbed forwards per image, all its targets together
-    max_steps: int = 64  # integrated-gradients steps
+    max_ig_steps: int = 64  # integrated-gradients steps
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,7 @@ class Method(ABC):
     resolution: ClassVar[str] = "layer"  # "layer": the explained layer's grid; "input": the model input's
     passes: ClassVar[str]  # the passes it costs, in words
     uses_layer: ClassVar[bool] = True  # whether its maps come from the explained layer
+    params: ClassVar[tuple[str, ...]] = ()  # the MethodParams fields a request may set for it
 
     @abstractmethod
     def run(self, model: ExplainedModel, images: torch.Tensor, resolve: Resolver, params: MethodParams) -> MethodOutput:

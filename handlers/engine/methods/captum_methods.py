@@ -60,6 +60,7 @@ class OcclusionSensitivity(CaptumMethod):
     name = "occlusion"
     summary = "Occlusion: how much the class score drops when each part of the image is hidden"
     passes = "1 forward + 1 perturbed forward per window position and target (batched)"
+    params = ("window", "stride")
 
     def check(self, model: ExplainedModel, params: MethodParams, targets: int) -> None:
         side = min(model.input_size)
@@ -99,11 +100,12 @@ class IntegratedGradientsMethod(CaptumMethod):
     name = "integrated_gradients"
     summary = "Integrated gradients: each pixel's share of the class score, from a zero baseline"
     passes = "1 forward + `steps` forwards and backwards to the input per target (batched)"
+    params = ("steps",)
 
     def check(self, model: ExplainedModel, params: MethodParams, targets: int) -> None:
-        cap = model.limits.max_steps
+        cap = model.limits.max_ig_steps
         if not 1 <= params.steps <= cap:
-            raise MethodError(f"option 'steps' must be from 1 to {cap} (max_steps), got {params.steps}")
+            raise MethodError(f"option 'steps' must be from 1 to {cap} (max_ig_steps), got {params.steps}")
 
     def attribute(
         self, model: nn.Module, inputs: torch.Tensor, targets: list[int], params: MethodParams
