@@ -27,9 +27,10 @@ import torch
 import yaml
 
 from .engine import METHODS, Explainer, Job, TargetLayerError
-from .models import ModelClassError, ModelLoadError, build_model, parse_labels, read_label_file, read_state_dict
+from .models import LabelCountError, ModelClassError, ModelLoadError, parse_labels, read_label_file
 from .preprocess import InputSpec
 from .serving.config import CONFIG_KEY, LIMIT_DEFAULTS, ServingConfig
+from .serving.loading import load_served_model
 from .serving.options import FORMATS, SIZES, OptionParser
 
 logger = logging.getLogger(__name__)
@@ -263,12 +264,12 @@ def _model_class_error(error: ModelClassError, wanted: str | None) -> UsageError
 
 
 def check_model(plan: Plan, stage: Path) -> Explainer:
-    """Build, load and explain once, as the worker will: refuses a broken MAR early."""
+    """Load as the worker will (the same function) and explain once: refuses a broken MAR early."""
     serving = ServingConfig.from_yaml(plan.config)
-    state = read_state_dict(str(plan.weights), torch.device("cpu"))
     try:
-        model = build_model(serving.model, str(stage), state)
-        explainer = Explainer(model, serving.input.size, serving.target_layer, limits=serving.method_limits)
+        explainer = load_served_model(plan.config, str(stage), str(plan.weights), torch.device("cpu")).explainer
+    except LabelCountError as error:
+        raise UsageError("--labels", f"{error.labels} labels but the model outputs {error.classes} classes") from None
     except ModelClassError as error:
         raise _model_class_error(error, serving.model.get("class")) from None
     except TargetLayerError as error:
@@ -279,8 +280,6 @@ def check_model(plan: Plan, stage: Path) -> Explainer:
         raise ModelLoadError(
             f"the model fails on a 1x3x{serving.input.size[0]}x{serving.input.size[1]} input: {error}"
         ) from None
-    if len(plan.labels) != explainer.num_classes:
-        raise UsageError("--labels", f"{len(plan.labels)} labels but the model outputs {explainer.num_classes} classes")
     images = torch.rand((2, 3, *serving.input.size), generator=torch.Generator().manual_seed(0))
     explainer.explain(images, [Job("gradcam"), Job("guided_gradcam")])
     return explainer

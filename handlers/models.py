@@ -256,6 +256,18 @@ def read_label_file(path: str) -> list[str]:
     return parse_labels(data, source)
 
 
+class LabelCountError(ModelLoadError):
+    """The labels do not match the model's outputs, one for one."""
+
+    def __init__(self, labels: int, classes: int) -> None:
+        super().__init__(
+            f'index_to_name.json has {labels} labels but the model outputs {classes} classes (keys must be "0"..'
+            f'"{classes - 1}")'
+        )
+        self.labels = labels
+        self.classes = classes
+
+
 def read_labels(path: str, num_classes: int) -> list[str]:
     """The MAR's ``index_to_name.json`` checked against the model's class count, or the indices as text."""
     if not os.path.isfile(path):
@@ -263,8 +275,5 @@ def read_labels(path: str, num_classes: int) -> list[str]:
         return [str(i) for i in range(num_classes)]
     labels = read_label_file(path)
     if len(labels) != num_classes:
-        raise ModelLoadError(
-            f"index_to_name.json has {len(labels)} labels but the model outputs {num_classes} classes "
-            f'(keys must be "0".."{num_classes - 1}")'
-        )
+        raise LabelCountError(len(labels), num_classes)
     return labels

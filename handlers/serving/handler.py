@@ -20,13 +20,13 @@ import torch
 from PIL import Image
 from ts.torch_handler.base_handler import BaseHandler
 
-from ..engine import METHODS, Explainer, Job, MethodError, SampleResult
-from ..models import build_model, read_labels, read_state_dict
+from ..engine import METHODS, Job, MethodError, SampleResult
 from ..preprocess import Preprocessor
-from .config import LIMIT_DEFAULTS, ServingConfig
+from .config import LIMIT_DEFAULTS
 from .decode import DecodeLimits, decode_image
 from .errors import RequestError, bad_request
-from .options import FORMATS, OptionParser, RequestOptions
+from .loading import load_served_model
+from .options import FORMATS, RequestOptions
 from .payload import extract_payload
 from .response import answer
 
@@ -97,22 +97,17 @@ class GradCamHandler(BaseHandler):
         self.device = torch.device(f"cuda:{gpu_id}" if torch.cuda.is_available() and gpu_id is not None else "cpu")
         self.manifest = context.manifest
         model_dir = properties.get("model_dir")
+        weights = self.manifest["model"].get("serializedFile")
         try:
-            self.config = ServingConfig.from_yaml(context.model_yaml_config)
-            weights = self.manifest["model"].get("serializedFile")
-            state = read_state_dict(os.path.join(model_dir, weights), self.device) if weights else None
-            model = build_model(self.config.model, model_dir, state)
-            self.explainer = Explainer(
-                model, self.config.input.size, self.config.target_layer, self.device, limits=self.config.method_limits
-            )
-            self.model = self.explainer.model
-            self.labels = read_labels(os.path.join(model_dir, "index_to_name.json"), self.explainer.num_classes)
-            self.option_parser = OptionParser(
-                self.labels, list(METHODS), self.config.defaults, self.config.max_targets, self.config.max_top_k
+            served = load_served_model(
+                context.model_yaml_config, model_dir, os.path.join(model_dir, weights) if weights else None, self.device
             )
         except Exception as error:
             logger.error("model %s failed to load: %s", context.model_name, error)
             raise
+        self.config, self.explainer = served.config, served.explainer
+        self.labels, self.option_parser = served.labels, served.options
+        self.model = self.explainer.model
         threads = self.config.threads(os.environ)
         if threads is not None:
             torch.set_num_threads(threads)
