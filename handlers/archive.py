@@ -31,7 +31,7 @@ from .models import LabelCountError, ModelClassError, ModelLoadError, parse_labe
 from .preprocess import InputSpec
 from .serving.config import CONFIG_KEY, LIMIT_DEFAULTS, ServingConfig
 from .serving.loading import load_served_model
-from .serving.options import FORMATS, SIZES, OptionParser
+from .serving.options import BUILTIN_DEFAULTS, FORMATS, SIZES, OptionParser
 
 logger = logging.getLogger(__name__)
 
@@ -418,13 +418,28 @@ def _add_common(common: argparse.ArgumentParser) -> None:
         f"{RESPONSE_TIMEOUT_S[1]} (default 120)",
     )
     common.add_argument("--target-layer", help="module name to explain (default: discovered)")
-    common.add_argument("--method", choices=list(METHODS), default="gradcam", help="default method (default gradcam)")
-    common.add_argument("--top-k", type=int, default=3, help="predictions returned by default (default 3)")
+    defaults = BUILTIN_DEFAULTS  # the request options' own defaults: one table
     common.add_argument(
-        "--top-k-explanations", type=int, default=1, help="top classes explained by default (default 1)"
+        "--method", choices=list(METHODS), default=defaults["method"], help=f"default method ({defaults['method']})"
     )
-    common.add_argument("--format", choices=FORMATS, default="grid", help="default format (default grid)")
-    common.add_argument("--size", choices=SIZES, default="feature", help="default map size for grid/png")
+    common.add_argument(
+        "--top-k", type=int, default=defaults["top_k"], help=f"predictions returned by default ({defaults['top_k']})"
+    )
+    common.add_argument(
+        "--top-k-explanations",
+        type=int,
+        default=defaults["top_k_explanations"],
+        help=f"top classes explained by default ({defaults['top_k_explanations']})",
+    )
+    common.add_argument(
+        "--format", choices=FORMATS, default=defaults["format"], help=f"default format ({defaults['format']})"
+    )
+    common.add_argument(
+        "--size",
+        choices=SIZES,
+        default=defaults["size"],
+        help=f"default map size for grid/png/raw ({defaults['size']})",
+    )
     _add_limits(common)
     common.add_argument("--no-check", dest="check", action="store_false", help="skip building the model before packing")
 
