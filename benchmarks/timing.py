@@ -78,10 +78,15 @@ def interleave(
     max_rounds: int,
     budget_s: float,
     warmup: int = 1,
-    repeat: int = 1,
+    repeat: int | Mapping[str, int] = 1,
 ) -> tuple[Timings, Timings]:
-    """Round-robin (wall, CPU) timings of ``variants``: at least ``min_rounds``, more within ``budget_s``."""
+    """Round-robin (wall, CPU) timings of ``variants``: at least ``min_rounds``, more within ``budget_s``.
+
+    ``repeat``: calls per measurement, one count for all or one per variant (variants whose
+    calls differ a hundredfold in length each need their own to be measured for long enough).
+    """
     names = list(variants)
+    repeats = repeat if isinstance(repeat, Mapping) else dict.fromkeys(names, repeat)
     for _ in range(warmup):
         for name in names:
             variants[name]()
@@ -92,7 +97,7 @@ def interleave(
     while rounds < min_rounds or (rounds < max_rounds and time.monotonic() - start < budget_s):
         order = names[rounds % len(names) :] + names[: rounds % len(names)]
         for name in order:
-            spent = time_call(variants[name], repeat)
+            spent = time_call(variants[name], repeats[name])
             wall[name].append(spent[0])
             cpu[name].append(spent[1])
         rounds += 1
