@@ -1,9 +1,10 @@
 """Entry point: ``python -m benchmarks [--quick]`` (or ``python benchmarks/run.py``).
 
-Runs the engine benchmark, the end-to-end TorchServe benchmark, the memory measurements
-and the thread-settings comparison, then writes the markdown report (RESULTS.md for a
-full run, RESULTS-quick.md for --quick, so a smoke run never replaces published numbers)
-and prints it.
+Runs the engine benchmark, the end-to-end TorchServe benchmark, the memory measurements,
+the thread-settings comparison and the cost of every method of the registry, then writes
+the markdown report and prints it: RESULTS.md for a full run of every section; otherwise
+RESULTS-quick.md for --quick and RESULTS-<sections>.md for --only, so neither a smoke run
+nor a partial one ever replaces published numbers.
 """
 
 from __future__ import annotations
@@ -21,21 +22,32 @@ import torch
 if not __package__:  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import e2e_bench, engine_bench, memory_bench, threads_bench
+from benchmarks import e2e_bench, engine_bench, memory_bench, methods_bench, threads_bench
 from benchmarks.artifacts import build
 from benchmarks.monitor import ForeignLoad
 from benchmarks.report import Section, machine, targets_table
 from benchmarks.settings import FULL, QUICK, Settings
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("engine", "e2e", "memory", "threads")
+SECTIONS = ("engine", "e2e", "memory", "threads", "methods")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run of every path (< 2 min on an idle machine)")
-    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run")
-    parser.add_argument("--output", type=Path, help="report file (default: benchmarks/RESULTS.md, -quick for --quick)")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=SECTIONS,
+        default=list(SECTIONS),
+        help="sections to run (engine: 1, e2e: 2, memory: 3, threads: 4, methods: 5); default: all",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="report file (default: benchmarks/RESULTS.md for a full run, RESULTS-quick.md for --quick, "
+        "RESULTS-<sections>.md for --only)",
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -65,7 +77,18 @@ def run_sections(settings: Settings, only: list[str], workdir: Path) -> list[Sec
         sections.append(memory)
     if "threads" in only:
         sections.append(threads_bench.run(served, store, workdir, settings))
+    if "methods" in only:
+        sections.append(methods_bench.run(settings))
     return sections
+
+
+def default_output(quick: bool, only: list[str]) -> Path:
+    """Where the report goes unless --output says: only a full run of every section is RESULTS.md."""
+    if quick:
+        return HERE / "RESULTS-quick.md"
+    if set(only) != set(SECTIONS):
+        return HERE / f"RESULTS-{'-'.join(s for s in SECTIONS if s in only)}.md"
+    return HERE / "RESULTS.md"
 
 
 def render(settings: Settings, sections: list[Section], described: str, minutes: float, load: ForeignLoad) -> str:
@@ -86,7 +109,7 @@ def render(settings: Settings, sections: list[Section], described: str, minutes:
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     settings = QUICK if args.quick else FULL
-    output = args.output or HERE / ("RESULTS-quick.md" if args.quick else "RESULTS.md")
+    output = args.output or default_output(args.quick, args.only)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", module="captum")  # per-call notices of its documented usage
     torch.set_num_threads(args.threads)

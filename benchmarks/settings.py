@@ -17,6 +17,11 @@ class Settings:
     engine_max_rounds: int
     engine_budget_s: float
     engine_min_call_s: float
+    # Section 5 (every method): the many-pass methods (occlusion, integrated gradients) are timed apart, at
+    # the largest batch (<= 8) whose call is expected to last at most many_pass_call_s, over these rounds.
+    many_pass_call_s: float
+    many_pass_min_rounds: int
+    many_pass_max_rounds: int
     # Section 2 (end-to-end): load windows per endpoint, interleaved over rounds.
     e2e_models: tuple[str, ...]
     concurrencies: tuple[int, ...]
@@ -39,6 +44,9 @@ FULL = Settings(
     engine_max_rounds=25,
     engine_budget_s=45.0,
     engine_min_call_s=0.15,
+    many_pass_call_s=20.0,
+    many_pass_min_rounds=3,
+    many_pass_max_rounds=10,
     e2e_models=("inspection", "resnet50"),
     concurrencies=(1, 8, 16),
     window_s=4.0,
@@ -59,6 +67,9 @@ QUICK = Settings(
     engine_max_rounds=2,
     engine_budget_s=0.0,
     engine_min_call_s=0.05,
+    many_pass_call_s=1.0,
+    many_pass_min_rounds=1,
+    many_pass_max_rounds=1,
     e2e_models=("inspection",),
     concurrencies=(8,),
     window_s=1.5,
