@@ -32,15 +32,15 @@ class ServerUnreachable(ApiError):
     """No connection to the server at all: every other image would fail the same way, so none is sent."""
 
 
-def read_key_file(path: Path) -> str:
-    """The inference key of TorchServe's ``key_file.json`` (``{"inference": {"key": ...}, ...}``)."""
+def read_key_file(path: Path, kind: str = "inference") -> str:
+    """The ``kind`` key (inference, management) of TorchServe's ``key_file.json`` (``{"inference": {"key": ...}}``)."""
     try:
         keys = json.loads(path.read_text())
-        return str(keys["inference"]["key"])
+        return str(keys[kind]["key"])
     except OSError as error:
         raise ValueError(f"cannot read key file {path}: {error.strerror or error}") from None
     except (ValueError, KeyError, TypeError):
-        raise ValueError(f"{path} is not TorchServe's key_file.json (no 'inference' key)") from None
+        raise ValueError(f"{path} is not TorchServe's key_file.json (no {kind!r} key)") from None
 
 
 def _error_message(answer: requests.Response) -> str:
@@ -107,3 +107,30 @@ class ExplainClient:
             for session in self._sessions:
                 session.close()
             self._sessions.clear()
+
+
+def fetch_description(
+    management_url: str, model: str, token: str | None = None, timeout: float = 10.0
+) -> dict[str, Any]:
+    """The model's own description: ``customizedMetadata`` of ``GET {management}/models/{model}?customized=true``.
+
+    TorchServe 0.12 sends the handler's JSON text as an object (checked on a real server); a
+    string, as the handler hands it over, is parsed too. Raises ServerUnreachable without a
+    connection, ApiError for an error status or an answer without a description.
+    """
+    url = f"{management_url.rstrip('/')}/models/{model}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        answer = requests.get(url, params={"customized": "true"}, headers=headers, timeout=timeout)
+    except requests.ConnectionError:
+        raise ServerUnreachable(f"cannot connect to the management API at {url}") from None
+    except requests.RequestException as error:
+        raise ApiError(f"description request failed: {error}") from None
+    if answer.status_code >= 400:
+        raise ApiError(_error_message(answer), answer.status_code)
+    try:
+        (status,) = answer.json()
+        described = status["customizedMetadata"]
+        return json.loads(described) if isinstance(described, str) else dict(described)
+    except (ValueError, KeyError, TypeError):
+        raise ApiError(f"{url} has no model description (customizedMetadata): is it served by this handler?") from None

@@ -1,11 +1,15 @@
 """``torchserve-gradcam`` / ``python -m handlers.client``: explain images with a running TorchServe.
 
-For every image: ``<stem>.<method>.<label>.png`` (the server's jet overlay, one per explained
-class), ``<stem>.json`` (its answer, overlays as file names) and with ``--sheet`` a
-``<stem>.sheet.png`` (input | probabilities | Grad-CAM | Guided Grad-CAM, a row per class).
-Requests go out ``--concurrency`` at a time so the server can batch them. Exit status:
-0 all explained, 1 some image failed (the others are still done) or the server is
-unreachable, 2 usage error, 130 interrupted (Ctrl-C). Every expected error is one line on stderr.
+For every image: one PNG per explanation (``<stem>.<method>.<label>.png`` for a class,
+``<stem>.activations.<layer>.ch<N>.png`` or ``.tiles.png`` for layer channels,
+``<stem>.<method>.png`` for a class-agnostic map), ``<stem>.json`` (its answer, pictures as
+file names) and with ``--sheet`` a ``<stem>.sheet.png`` (input | probabilities | Grad-CAM |
+Guided Grad-CAM, a row per class). ``--describe`` prints what the model offers instead.
+Method and options are checked first against the model's description (management API), or
+the engine's registry when that can't be read. Requests go out ``--concurrency`` at a time
+so the server can batch them. Exit status: 0 all explained, 1 some image failed (the others
+are still done) or the server is unreachable, 2 usage error, 130 interrupted (Ctrl-C).
+Every expected error is one line on stderr.
 """
 
 from __future__ import annotations
@@ -20,13 +24,17 @@ from pathlib import Path
 from typing import NoReturn
 from urllib.parse import urlsplit
 
-from .api import ExplainClient, read_key_file
+from .api import ApiError, ExplainClient, fetch_description, read_key_file
 from .inputs import collect, output_stems
+from .methods import METHOD_OPTIONS, ModelDescription, check_request, describe, from_registry, from_server
 from .pipeline import Pipeline, Request, Result
 from .report import Progress, summary
 
-METHODS = ("gradcam", "guided_gradcam", "none")
+logger = logging.getLogger(__name__)
+
 DEFAULT_MODEL = "inspection"
+MANAGEMENT_PORT = 8081  # TorchServe's default management port
+FORMATS = ("overlay", "png", "tiles")  # the answer formats that come back as pictures
 # A full inference URL pasted into --url: {base}/predictions/{model}[/{version}] (or /explanations/).
 _ENDPOINT = re.compile(r"(?P<base>.*?)/(?:predictions|explanations)/(?P<model>[^/]+(?:/[^/]+)?)/?")
 INTERRUPTED = 130  # the shell's status for a process ended by SIGINT
@@ -51,14 +59,26 @@ def _positive(text: str) -> int:
     return value
 
 
+def _natural(text: str) -> int:
+    """An argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line: image paths, server, model, options and output folder."""
     cli = _Parser(
         prog="torchserve-gradcam",
-        description="Send images to TorchServe; save Grad-CAM overlays, the JSON answers and optional contact sheets.",
+        description="Send images to TorchServe; save the explanations as PNGs, the JSON answers and optional "
+        "contact sheets. --describe prints the model's methods, labels and layers.",
     )
     cli.add_argument(
-        "paths", nargs="+", type=Path, metavar="PATH", help="image files and/or folders (scanned recursively)"
+        "paths", nargs="*", type=Path, metavar="PATH", help="image files and/or folders (scanned recursively)"
     )
     cli.add_argument(
         "--url",
@@ -66,7 +86,32 @@ def parser() -> argparse.ArgumentParser:
         help="TorchServe inference address (default %(default)s); a full .../predictions/MODEL URL names the model",
     )
     cli.add_argument("--model", help=f"model name (default: the one in --url, else {DEFAULT_MODEL})")
-    cli.add_argument("--method", choices=METHODS, default="gradcam", help="explanation method (default %(default)s)")
+    cli.add_argument(
+        "--management-url",
+        help=f"TorchServe management address, for the model's description (default: --url's host, port "
+        f"{MANAGEMENT_PORT})",
+    )
+    cli.add_argument(
+        "--describe", action="store_true", help="print the model's methods, labels, layers and limits, then exit"
+    )
+    cli.add_argument(
+        "--method",
+        default="gradcam",
+        help="explanation method, one the model offers (--describe lists them; default %(default)s)",
+    )
+    cli.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="overlay",
+        help="overlay (jet on the input), png (grayscale map) or tiles (activations: one mosaic); default %(default)s",
+    )
+    options = cli.add_argument_group("method options (each applies to the methods that list it in --describe)")
+    options.add_argument("--layer", help="activations: the layer to show (default: the target layer)")
+    options.add_argument("--channel", type=_natural, help="activations: this one channel")
+    options.add_argument("--channels", type=_positive, help="activations: the N most activated channels")
+    options.add_argument("--window", type=_positive, help="occlusion: side of the hidden square, in input pixels")
+    options.add_argument("--stride", type=_positive, help="occlusion: step between windows, in input pixels")
+    options.add_argument("--steps", type=_positive, help="integrated_gradients: integration steps")
     cli.add_argument(
         "--target",
         action="append",
@@ -111,6 +156,54 @@ def server_and_model(url: str, model: str | None) -> tuple[str, str]:
     if model and model != named:
         raise ValueError(f"--url names model {named!r} but --model says {model!r}: give the model once")
     return f"{parts.scheme}://{parts.netloc}{endpoint.group('base')}", named
+
+
+def management_url(url: str, given: str | None) -> str:
+    """``--management-url``, or the inference address's scheme and host on TorchServe's management port."""
+    if given:
+        return given.rstrip("/")
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}:{MANAGEMENT_PORT}"
+
+
+def _management_token(args: argparse.Namespace) -> str | None:
+    """The key for the management API: key_file.json's management key, else --token (which may not fit)."""
+    if args.key_file:
+        try:
+            return read_key_file(args.key_file, "management")
+        except ValueError:
+            return None
+    return args.token
+
+
+def model_description(args: argparse.Namespace, url: str, model: str) -> ModelDescription:
+    """The served model's description, or the engine's registry when the management API can't give it."""
+    address = management_url(url, args.management_url)
+    try:
+        return from_server(fetch_description(address, model, _management_token(args), min(args.timeout, 10.0)))
+    except (ApiError, KeyError, TypeError, ValueError) as error:
+        logger.info("no description of %s from %s (%s): checking against the engine's registry", model, address, error)
+        return from_registry()
+
+
+def _method_options(args: argparse.Namespace) -> dict[str, str]:
+    """The method options given on the command line, as request fields."""
+    return {name: str(getattr(args, name)) for name in METHOD_OPTIONS if getattr(args, name) is not None}
+
+
+def _describe(args: argparse.Namespace, url: str, model: str, prog: str) -> int:
+    """``--describe``: print the served model's description; 1 when the management API can't give it."""
+    address = management_url(url, args.management_url)
+    try:
+        description = from_server(fetch_description(address, model, _management_token(args), args.timeout))
+    except ApiError as error:
+        sys.stderr.write(f"{prog}: cannot describe model {model!r}: {error}\n")
+        return 1
+    except (KeyError, TypeError, ValueError) as error:
+        sys.stderr.write(f"{prog}: {address} sent a description this client can't read ({error})\n")
+        return 1
+    print(describe(description))
+    return 0
 
 
 def _work(pipeline: Pipeline, todo: queue.SimpleQueue, done: queue.SimpleQueue) -> None:
@@ -163,20 +256,30 @@ def _explain_all(cli: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """Validate the arguments, explain every image, print the summary; returns the exit status."""
     try:
         url, model = server_and_model(args.url, args.model)
+    except ValueError as error:
+        cli.error(str(error))
+    if args.describe:
+        return _describe(args, url, model, cli.prog)
+    if not args.paths:
+        cli.error("give image files or folders to explain (or --describe)")
+    try:
         token = read_key_file(args.key_file) if args.key_file else args.token
         images = collect(args.paths)
     except (ValueError, OSError) as error:
         cli.error(str(error))
     if not images:
         cli.error(f"no image files found in {', '.join(map(str, args.paths))}")
-    if args.method == "none" and args.target:
-        cli.error("--target needs an explanation method (gradcam or guided_gradcam)")
+    targets, options = _targets(args.target), _method_options(args)
+    problem = check_request(model_description(args, url, model), args.method, targets, options)
+    if problem:
+        cli.error(problem)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         cli.error(f"cannot create --out {args.out}: {error.strerror or error}")
     client = ExplainClient(url, model, token, args.timeout)
-    pipeline = Pipeline(client, Request(args.method, _targets(args.target), args.top_k), args.out, args.sheet)
+    request = Request(args.method, targets, args.top_k, args.format, options)
+    pipeline = Pipeline(client, request, args.out, args.sheet)
     progress = Progress(len(images), sys.stderr, enabled=sys.stderr.isatty() and any(p.is_dir() for p in args.paths))
     try:
         results = run(pipeline, output_stems(images), args.concurrency, progress)

@@ -1,7 +1,8 @@
 """Explain one image end to end: request(s), then the overlay PNGs, the JSON and the sheet.
 
-``<stem>.json`` is the server's answer with each overlay's base64 ``png`` replaced by
-``file``, the name of the PNG written next to it (the JSON stays small and readable).
+``<stem>.json`` is the server's answer with each base64 ``png`` (overlay, grayscale map or
+channel mosaic) replaced by ``file``, the name of the PNG written next to it (the JSON stays
+small and readable).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import io
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +26,31 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Request:
-    """What to ask for every image: method, targets (labels or indices; empty = top prediction), top-k."""
+    """What to ask for every image: method, targets (labels or indices; empty = top prediction), top-k,
+    the answer's format and the method's own options (``layer``, ``channel``, ``window``, ...)."""
 
     method: str = "gradcam"
     targets: tuple[str, ...] = ()
     top_k: int | None = None
+    format: str = "overlay"
+    options: dict[str, str] = field(default_factory=dict)
 
     def fields(
-        self, method: str | None = None, targets: tuple[str, ...] | None = None, fmt: str = "overlay"
+        self, method: str | None = None, targets: tuple[str, ...] | None = None, fmt: str | None = None
     ) -> dict[str, str]:
-        """Multipart option fields, with ``method``/``targets`` overridden where given."""
-        fields = {"method": method or self.method, "format": fmt}
+        """Multipart option fields, with ``method``/``targets``/``fmt`` overridden where given.
+
+        The method options go only with this request's own method: they would not apply to another.
+        """
+        chosen_method = method or self.method
+        fields = {"method": chosen_method, "format": fmt or self.format}
         chosen = self.targets if targets is None else targets
         if chosen:
             fields["target"] = ",".join(chosen)
         if self.top_k is not None:
             fields["top_k"] = str(self.top_k)
+        if chosen_method == self.method:
+            fields.update(self.options)
         return fields
 
 
@@ -59,6 +69,35 @@ class Result:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "target"
+
+
+def explained(entry: dict[str, Any]) -> str:
+    """What one explanation is of, in words: its class label, a channel, a channel mosaic or the image.
+
+    Class-agnostic answers (``target`` null) are named by what they show instead of a class.
+    """
+    if entry.get("target"):
+        return str(entry["target"]["label"])
+    if entry.get("format") == "tiles":
+        return f"{len(entry.get('channels', []))} channels"
+    if entry.get("channel") is not None:
+        return f"channel {entry['channel']}"
+    return "image"
+
+
+def picture_name(stem: str, entry: dict[str, Any]) -> str:
+    """The file of one explanation's PNG: ``<stem>.<method>.<label>.png`` for a class;
+    ``<stem>.activations.<layer>.ch<N>.png`` / ``.tiles.png`` for channels; ``<stem>.<method>.png``
+    for a class-agnostic map of the whole image (EigenCAM)."""
+    method = entry["method"]
+    if entry.get("target"):
+        return f"{stem}.{method}.{_slug(str(entry['target']['label']))}.png"
+    layer = _slug(str(entry.get("layer") or "input"))
+    if entry.get("format") == "tiles":
+        return f"{stem}.{method}.{layer}.tiles.png"
+    if entry.get("channel") is not None:
+        return f"{stem}.{method}.{layer}.ch{int(entry['channel'])}.png"
+    return f"{stem}.{method}.png"
 
 
 def decode_png(text: str) -> tuple[bytes, Image.Image]:
@@ -114,16 +153,17 @@ class Pipeline:
         logger.debug("wrote %s", self.out_dir / name)
 
     def _write_overlays(self, answer: dict[str, Any], stem: str) -> dict[int, Image.Image]:
-        """``<stem>.<method>.<label>.png`` for every explanation; the overlays by target index."""
+        """One PNG per explanation (``picture_name``); the class-specific ones by target index."""
         overlays: dict[int, Image.Image] = {}
         for entry in answer.get("explanations", []):
             if "png" not in entry:
                 continue
             data, overlay = decode_png(entry.pop("png"))
-            name = f"{stem}.{entry['method']}.{_slug(str(entry['target']['label']))}.png"
+            name = picture_name(stem, entry)
             self._write(name, data)
             entry["file"] = name
-            overlays[int(entry["target"]["index"])] = overlay
+            if entry.get("target"):
+                overlays[int(entry["target"]["index"])] = overlay
         return overlays
 
     def _write_sheet(
@@ -137,12 +177,13 @@ class Pipeline:
         from .sheet import Panels, TargetMaps, render_sheet  # imports torch (through handlers.render): only for --sheet
 
         explanations = answer.get("explanations", [])
-        targets = [e["target"] for e in explanations] or [
+        targets = [e["target"] for e in explanations if e.get("target")] or [
             {"index": answer["predictions"][0]["index"], "label": answer["predictions"][0]["label"]}
         ]
         pinned = tuple(str(target["index"]) for target in targets)
-        if self.request.method != "gradcam" or not all(int(t["index"]) in overlays for t in targets):
-            reply = self.client.explain(image, path.name, self.request.fields("gradcam", pinned))
+        fresh = self.request.method != "gradcam" or self.request.format != "overlay"
+        if fresh or not all(int(t["index"]) in overlays for t in targets):
+            reply = self.client.explain(image, path.name, self.request.fields("gradcam", pinned, fmt="overlay"))
             overlays = {int(e["target"]["index"]): decode_png(e["png"])[1] for e in reply["explanations"]}
         guided = self.client.explain(image, path.name, self.request.fields("guided_gradcam", pinned, fmt="raw"))
         raw = {int(e["target"]["index"]): e["values"] for e in guided["explanations"]}

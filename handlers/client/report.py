@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
-from .pipeline import Result
+from .pipeline import Result, explained
 
 BAR_WIDTH = 30
 HEADER = ("FILE", "TOP LABEL", "PROB", "EXPLAINED", "STATUS")
@@ -48,8 +48,15 @@ def _row(result: Result, root: Path) -> tuple[str, ...]:
     if not result.ok or result.answer is None:
         return (name, "-", "-", "-", f"FAILED: {result.error}")
     top = result.answer["predictions"][0]
-    explained = ", ".join(entry["target"]["label"] for entry in result.answer.get("explanations", [])) or "-"
-    return (name, str(top["label"]), f"{float(top['probability']):.4f}", explained, "ok")
+    return (name, str(top["label"]), f"{float(top['probability']):.4f}", _explained_cell(result.answer), "ok")
+
+
+def _explained_cell(answer: dict[str, Any]) -> str:
+    """The EXPLAINED column: the classes explained, or what a class-agnostic answer shows (N channels, image)."""
+    entries = answer.get("explanations", [])
+    if len(entries) > 1 and all(entry.get("channel") is not None for entry in entries):
+        return f"{len(entries)} channels"
+    return ", ".join(explained(entry) for entry in entries) or "-"
 
 
 def summary(results: Sequence[Result], root: Path, out_dir: Path) -> str:

@@ -1,4 +1,5 @@
-"""The command-line client against a real TorchServe: output files, summary, exit status, sheets, tokens."""
+"""The command-line client against a real TorchServe: output files, summary, exit status, sheets, tokens,
+every method of the registry, the model description and the checks made against it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from PIL import Image
 from handlers.client.cli import main
 from handlers.client.report import Progress
 from handlers.client.sheet import FOOTER, MARGIN, PANEL, TITLE, TOP_BAR
+from handlers.engine.methods import METHODS
 from handlers.inspection import CLASSES, INPUT_SIZE, synthetic
 from handlers.testing.torchserve import TorchServe, free_port
 
@@ -241,3 +243,138 @@ def test_key_file_authorizes_and_no_token_fails_clearly(token_server, images, tm
         status, printed = run_cli("--url", token_server.url(), "--out", str(tmp_path / "refused"), *extra, image)
         assert status == 1
         assert "FAILED: HTTP 400: Token Authorization failed" in printed and "give --token KEY or --key-file" in printed
+
+
+def served(server: TorchServe) -> list[str]:
+    """The --url/--management-url arguments that point the CLI at ``server``."""
+    return ["--url", server.url(), "--management-url", server.url("management")]
+
+
+def test_describe_prints_methods_labels_and_layers(server):
+    status, printed = run_cli(*served(server), "--describe")
+    assert status == 0, printed
+    lines = printed.splitlines()
+    assert lines[0].startswith("model inspection: input 128x128, target layer features")
+    table = {line.split()[0]: line.split() for line in lines[2 : 2 + len(METHODS)]}
+    assert list(table) == list(METHODS), "one row per registry method, in registry order"
+    for name, method in METHODS.items():
+        assert table[name][1:3] == ["yes" if method.class_specific else "no", method.resolution], name
+    assert "labels (3): 0 ok, 1 scratch, 2 dent" in lines
+    layers = next(line for line in lines if line.startswith("layers for --layer"))
+    assert "features, features.17" in layers
+    assert any(line.startswith("limits: ") and "max_ig_steps=64" in line for line in lines)
+
+
+def test_describe_without_management_api_fails_clearly(capsys):
+    url = f"http://127.0.0.1:{free_port()}"
+    assert main(["--url", url, "--management-url", url, "--describe"]) == 1
+    assert "cannot describe model 'inspection': cannot connect to the management API" in capsys.readouterr().err
+
+
+# Per method: extra flags, then what each explanation must be (resolution, the picture's file name).
+SAMPLE = "scratch"
+CASES: dict[str, tuple[list[str], list[str]]] = {
+    "gradcam": ([], [f"{SAMPLE}.gradcam.scratch.png"]),
+    "guided_gradcam": ([], [f"{SAMPLE}.guided_gradcam.scratch.png"]),
+    "cam": ([], [f"{SAMPLE}.cam.scratch.png"]),
+    "hirescam": ([], [f"{SAMPLE}.hirescam.scratch.png"]),
+    "gradcam_plusplus": ([], [f"{SAMPLE}.gradcam_plusplus.scratch.png"]),
+    "xgradcam": ([], [f"{SAMPLE}.xgradcam.scratch.png"]),
+    "layercam": ([], [f"{SAMPLE}.layercam.scratch.png"]),
+    "eigencam": ([], [f"{SAMPLE}.eigencam.png"]),
+    "guided_backprop": ([], [f"{SAMPLE}.guided_backprop.scratch.png"]),
+    "activations": (["--channel", "5", "--layer", "features.14"], [f"{SAMPLE}.activations.features.14.ch5.png"]),
+    "occlusion": (["--window", "32", "--stride", "16"], [f"{SAMPLE}.occlusion.scratch.png"]),
+    "integrated_gradients": (["--steps", "4"], [f"{SAMPLE}.integrated_gradients.scratch.png"]),
+    "none": ([], []),
+}
+
+
+def test_cases_cover_the_registry():
+    assert set(CASES) == set(METHODS)
+
+
+@pytest.mark.parametrize("method", list(CASES))
+def test_every_method_writes_its_overlays(server, images, tmp_path, method):
+    extra, files = CASES[method]
+    status, printed = run_cli(
+        *served(server), "--out", str(tmp_path), "--method", method, *extra, str(images / f"{SAMPLE}.png")
+    )
+    assert status == 0, printed
+    answer = json.loads((tmp_path / f"{SAMPLE}.json").read_text())
+    assert [e["file"] for e in answer["explanations"]] == files
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(files)
+    for entry in answer["explanations"]:
+        assert entry["method"] == method and entry["format"] == "overlay" and "png" not in entry
+        assert entry["class_specific"] == METHODS[method].class_specific
+        assert entry["resolution"] == METHODS[method].resolution
+        assert (entry["target"] is None) == (not METHODS[method].class_specific)
+        assert (entry["layer"] is None) == (not METHODS[method].uses_layer)
+        with Image.open(tmp_path / entry["file"]) as overlay:
+            assert overlay.size == (INPUT_SIZE, INPUT_SIZE)
+            assert np.asarray(overlay.convert("RGB"), dtype=np.float32).std() > 5
+    if method == "activations":
+        assert answer["explanations"][0]["channel"] == 5 and answer["explanations"][0]["layer"] == "features.14"
+        assert "channel 5" in printed
+    elif method == "eigencam":
+        assert " image " in printed
+    elif method == "none":
+        assert answer["explanations"] == []
+
+
+def test_activations_tiles_are_one_mosaic(server, images, tmp_path):
+    status, printed = run_cli(
+        *served(server), "--out", str(tmp_path), "--method", "activations", "--format", "tiles", "--channels", "6",
+        str(images / "dent.png"),
+    )  # fmt: skip
+    assert status == 0, printed
+    (entry,) = json.loads((tmp_path / "dent.json").read_text())["explanations"]
+    assert entry["file"] == "dent.activations.features.tiles.png" and entry["target"] is None
+    assert len(entry["channels"]) == 6 and entry["grid"] == [2, 3]
+    assert [p.name for p in tmp_path.glob("*.png")] == [entry["file"]]
+    rows, columns = entry["grid"]
+    height, width = entry["tile_shape"]
+    with Image.open(tmp_path / entry["file"]) as mosaic:
+        assert mosaic.size == (columns * (width + 1) - 1, rows * (height + 1) - 1) and mosaic.mode == "L"
+    assert "6 channels" in printed
+
+
+def test_sheet_with_a_class_agnostic_method(server, images, tmp_path):
+    """EigenCAM has no target: the sheet explains the top prediction with Grad-CAM and Guided Grad-CAM."""
+    status, printed = run_cli(
+        *served(server), "--out", str(tmp_path), "--method", "eigencam", "--sheet", str(images / "dent.png")
+    )
+    assert status == 0, printed
+    assert (tmp_path / "dent.eigencam.png").exists()
+    with Image.open(tmp_path / "dent.sheet.png") as sheet:
+        assert all(panel.std() > 5 for panel in panels(sheet))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--method", "lime"], "--method 'lime' is not offered by this model; choose one of none, gradcam,"),
+        (["--method", "eigencam", "--target", "dent"], "'eigencam' is not class-specific"),
+        (["--method", "gradcam", "--window", "8"], "--window applies to --method occlusion, not to 'gradcam'"),
+        (["--method", "occlusion", "--steps", "8"], "--steps applies to --method integrated_gradients"),
+        (["--method", "none", "--target", "dent"], "--target needs a class-specific method"),
+    ],
+)
+def test_method_and_options_are_checked_against_the_description(server, images, tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as stopped:
+        main([*served(server), "--out", str(tmp_path), *argv, str(images / "ok.png")])
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir()), "nothing is sent or written"
+
+
+def test_registry_is_the_fallback_without_management_api(server, images, tmp_path, capsys):
+    """No management API: the engine's registry still knows every method and its options."""
+    closed = f"http://127.0.0.1:{free_port()}"
+    argv = ["--url", server.url(), "--management-url", closed, "--out", str(tmp_path)]
+    with pytest.raises(SystemExit) as stopped:
+        main([*argv, "--method", "lime", str(images / "ok.png")])
+    assert stopped.value.code == 2 and "not offered by the engine's registry" in capsys.readouterr().err
+    status, printed = run_cli(*argv, "--method", "integrated_gradients", "--steps", "4", str(images / "ok.png"))
+    assert status == 0, printed
+    assert (tmp_path / "ok.integrated_gradients.ok.png").exists()
