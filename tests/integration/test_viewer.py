@@ -1,4 +1,5 @@
-"""The viewer page end to end: headless Chromium, the page over HTTP, a TorchServe allowing its origin (CORS).
+"""The viewer page end to end: headless Chromium, the page over HTTP, a TorchServe allowing its origin (CORS);
+the method picker from the model's description (or the registry's methods.json), each kind of map shown.
 
 Needs Debian's ``chromium`` (``apt-get install -y chromium``) and the ``playwright``
 package; Playwright's own browser download is never used.
@@ -20,8 +21,9 @@ import pytest
 import requests
 from PIL import Image
 
+from handlers.engine.methods import METHODS
 from handlers.inspection import INPUT_SIZE
-from handlers.testing.torchserve import TorchServe
+from handlers.testing.torchserve import TorchServe, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -207,3 +209,85 @@ def test_server_errors_are_shown(page, sample_files):
     message = page.inner_text("#status")
     assert "HTTP 404" in message and "no_such_model" in message
     assert overlays(page) == []
+
+
+def test_management_api_allows_the_viewer_origin(cors_server, viewer_origin):
+    """TorchServe applies cors_allowed_origin to the management port too: the page may read the description."""
+    answer = requests.get(
+        f"{cors_server.url('management')}/models/inspection",
+        params={"customized": "true"},
+        headers={"Origin": viewer_origin},
+        timeout=30,
+    )
+    assert answer.status_code == 200 and answer.headers["Access-Control-Allow-Origin"] == viewer_origin
+    assert [m["name"] for m in answer.json()[0]["customizedMetadata"]["methods"]] == list(METHODS)
+
+
+def described(page, cors_server) -> None:
+    """Point the page at the CORS server's management API and wait for its description."""
+    page.fill("#management-url", cors_server.url("management"))
+    page.dispatch_event("#management-url", "change")
+    source = f"from its description (management API at {cors_server.url('management')})"
+    page.wait_for_function(f"document.getElementById('method-source').textContent.includes({source!r})")
+
+
+def shown_options(page) -> list[str]:
+    return page.eval_on_selector_all("[data-option]:not([hidden])", "labels => labels.map(l => l.dataset.option)")
+
+
+def test_method_picker_and_options_follow_the_description(page, cors_server):
+    described(page, cors_server)
+    assert "fallback" not in (page.get_attribute("#method-source", "class") or "")
+    methods = page.eval_on_selector_all("#method option", "options => options.map(o => o.value)")
+    assert methods == ["both", *METHODS]
+    expected = {"activations": ["layer", "channel", "channels"], "occlusion": ["window", "stride"]}
+    expected |= {"integrated_gradients": ["steps"], "gradcam": []}
+    for method, options in expected.items():
+        page.select_option("#method", method)
+        assert shown_options(page) == options
+        assert page.is_disabled("#target-select") == (not METHODS[method].class_specific)
+    layers = page.eval_on_selector_all("#layer option", "options => options.map(o => o.value)")
+    assert layers[:3] == ["", "features", "features.17"]
+
+
+def test_activations_come_back_as_one_mosaic(page, cors_server, sample_files):
+    described(page, cors_server)
+    page.select_option("#method", "activations")
+    page.select_option("#layer", "features.14")
+    page.fill("#channels", "6")
+    page.set_input_files("#file", str(sample_files["scratch"]))
+    settle(page, "document.querySelector('img.overlay.tiles') !== null")
+    (mosaic,) = overlays(page)
+    assert mosaic["method"] == "activations" and mosaic["target"] == ""
+    picture = decoded(mosaic["src"])
+    assert picture.mode == "L" and picture.size == (3 * 17 - 1, 2 * 17 - 1), "2 x 3 tiles of 16 x 16, 1 px apart"
+    assert page.inner_text("figure:has(img.tiles) figcaption") == "activations: 6 channels of features.14"
+
+
+@pytest.mark.parametrize(
+    ("method", "fields"), [("occlusion", {"#window": "32", "#stride": "16"}), ("integrated_gradients", {"#steps": "4"})]
+)
+def test_input_resolution_maps_are_shown(page, cors_server, sample_files, method, fields):
+    described(page, cors_server)
+    page.select_option("#method", method)
+    for selector, value in fields.items():
+        page.fill(selector, value)
+    page.set_input_files("#file", str(sample_files["dent"]))
+    settle(page, overlay_targets("dent"))
+    (drawn,) = overlays(page)
+    assert drawn["method"] == method and (drawn["width"], drawn["height"]) == (INPUT_SIZE, INPUT_SIZE)
+    assert np.asarray(decoded(drawn["src"]).convert("RGB"), dtype=np.float32).std() > 5
+    assert "input resolution, class-specific" in page.inner_text("figure:has(img.overlay) .note")
+
+
+def test_registry_is_the_fallback_when_the_management_api_is_unreachable(page, sample_files):
+    page.fill("#management-url", f"http://127.0.0.1:{free_port()}")
+    page.dispatch_event("#management-url", "change")
+    page.wait_for_function("document.getElementById('method-source').classList.contains('fallback')")
+    assert "engine's registry" in page.inner_text("#method-source")
+    methods = page.eval_on_selector_all("#method option", "options => options.map(o => o.value)")
+    assert methods == ["both", *METHODS]
+    page.select_option("#method", "eigencam")
+    page.set_input_files("#file", str(sample_files["scratch"]))
+    settle(page, overlay_targets(""))
+    assert page.inner_text("figure:has(img.overlay) figcaption") == "eigencam: the image (class-agnostic)"
