@@ -161,12 +161,12 @@ def _ours(explainer: Explainer, method: str, images: torch.Tensor, targets: Sequ
     return torch.stack([r.explanations[0].values for r in results]).cpu()
 
 
-def _captum_gradcam(model: nn.Module, layer: nn.Module, images: torch.Tensor, targets: Sequence[int]) -> torch.Tensor:
+def captum_gradcam(model: nn.Module, layer: nn.Module, images: torch.Tensor, targets: Sequence[int]) -> torch.Tensor:
     cam = LayerGradCam(model, layer).attribute(images, target=list(targets), relu_attributions=True)
     return cam.detach()[:, 0]
 
 
-def _captum_guided(model: nn.Module, layer: nn.Module, images: torch.Tensor, targets: Sequence[int]) -> torch.Tensor:
+def captum_guided(model: nn.Module, layer: nn.Module, images: torch.Tensor, targets: Sequence[int]) -> torch.Tensor:
     attribution = GuidedGradCam(model, layer).attribute(images.clone(), target=list(targets))
     return attribution.detach().abs().amax(dim=1)
 
@@ -190,20 +190,28 @@ class OutOfPlaceReLU(TorchFunctionMode):
 
 
 def pytorch_grad_cam_raw(
-    model: nn.Module, layer_name: str, images: torch.Tensor, targets: Sequence[int], out_of_place: bool = True
+    model: nn.Module,
+    layer_name: str,
+    images: torch.Tensor,
+    targets: Sequence[int],
+    out_of_place: bool = True,
+    cam_class: str = "GradCAM",
+    relu: bool = True,
 ) -> torch.Tensor:
-    """pytorch-grad-cam's GradCAM at the layer's resolution: ReLU of its cam, not resized or scaled.
+    """A pytorch-grad-cam method (``cam_class``, GradCAM by default) at the layer's resolution.
 
-    It runs on its own copy of the model with gradients enabled, because it needs them
-    and fills ``.grad`` of every parameter, while the engine keeps its model frozen.
-    ``out_of_place`` runs it under ``OutOfPlaceReLU``, which only matters for models that
-    overwrite the target layer's output in place.
+    Its cam as ``get_cam_image`` returns it, not resized or scaled; ``relu`` applies the ReLU
+    pytorch-grad-cam applies next (EigenCAM's sign is arbitrary, so its comparison needs the
+    signed projection). It runs on its own copy of the model with gradients enabled, because
+    it needs them and fills ``.grad`` of every parameter, while the engine keeps its model
+    frozen. ``out_of_place`` runs it under ``OutOfPlaceReLU``, which only matters for models
+    that overwrite the target layer's output in place.
     """
-    from pytorch_grad_cam import GradCAM
+    import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    class RawGradCAM(GradCAM):
-        """GradCAM that keeps ``get_cam_image``'s output: the cam before resizing and scaling."""
+    class RawCAM(getattr(pytorch_grad_cam, cam_class)):  # type: ignore[misc]
+        """The method, keeping ``get_cam_image``'s output: the cam before resizing and scaling."""
 
         raw: np.ndarray
 
@@ -212,7 +220,7 @@ def pytorch_grad_cam_raw(
             return self.raw
 
     reference = copy.deepcopy(model).requires_grad_(True)
-    cam = RawGradCAM(reference, [dict(reference.named_modules())[layer_name]])
+    cam = RawCAM(reference, [dict(reference.named_modules())[layer_name]])
     try:
         if out_of_place:
             with OutOfPlaceReLU():
@@ -221,7 +229,8 @@ def pytorch_grad_cam_raw(
             cam(images, [ClassifierOutputTarget(t) for t in targets])
     finally:
         cam.activations_and_grads.release()
-    return torch.from_numpy(np.maximum(cam.raw, 0))
+    raw = torch.from_numpy(np.asarray(cam.raw, dtype=np.float32))
+    return torch.relu(raw) if relu else raw
 
 
 def agreement(subject: str, as_shipped: bool = False) -> Agreement:
@@ -242,11 +251,11 @@ def agreement(subject: str, as_shipped: bool = False) -> Agreement:
     if relus != module_relus:
         guided_note = f"{relus - module_relus} of {relus} ReLU calls are not nn.ReLU modules (F.relu or ReLU6)"
     references: list[tuple[str, str, Callable]] = [
-        ("Captum LayerGradCam", "gradcam", lambda x, t: _captum_gradcam(model, layer, x, t)),
+        ("Captum LayerGradCam", "gradcam", lambda x, t: captum_gradcam(model, layer, x, t)),
         ("pytorch-grad-cam GradCAM", "gradcam", lambda x, t: pytorch_grad_cam_raw(model, layer_name, x, t)),
     ]
     if guided_note is None:
-        references.append(("Captum GuidedGradCam", "guided_gradcam", lambda x, t: _captum_guided(model, layer, x, t)))
+        references.append(("Captum GuidedGradCam", "guided_gradcam", lambda x, t: captum_guided(model, layer, x, t)))
     comparisons = []
     for batch_images, batch_targets in ((images[:1], targets[:1]), (images, targets)):
         methods = dict.fromkeys(method for _, method, _ in references)
