@@ -15,13 +15,15 @@ from pathlib import Path
 
 import torch
 
+from ..engine.methods import METHODS
 from ..inspection import WEIGHTS_FILE
 from ..inspection.synthetic import to_tensor
 from ..inspection.train import sha256_of
 from .agreement import SUBJECTS, agreement
 from .data import EVALUATION_SEED, default_model, held_out_samples
 from .examples import pick_examples, write_examples
-from .localisation import DEFECTS, localisation
+from .family import FAMILY_SUBJECTS, costly, family_agreement
+from .localisation import COSTLY_PARAMS, DEFECTS, family_localisation, localisation
 from .report import Setup, render_report
 from .sanity import randomisation_test
 
@@ -29,6 +31,10 @@ logger = logging.getLogger(__name__)
 REPOSITORY = Path(__file__).resolve().parents[2]
 COUNTS = {"scratch": 500, "dent": 500, "scratch+dent": 500}
 SANITY_PER_DEFECT = 50  # images of each defect kind in the randomisation test
+# Occlusion and integrated gradients cost many passes per map: localisation scores them on
+# this many defect images, the randomisation test on this many (the first, kinds alternating).
+COSTLY_LOCALISATION_IMAGES = 100
+COSTLY_SANITY_IMAGES = 10
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -52,16 +58,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = time.perf_counter()
 
     agreements = [agreement(subject, as_shipped=True) for subject in args.subjects]
+    family = [family_agreement(subject) for subject in args.subjects if subject in FAMILY_SUBJECTS]
     model = default_model()
     samples = held_out_samples(COUNTS, EVALUATION_SEED)
     outcome = localisation(model, samples)
-    sanity = [s for kind in DEFECTS for s in [x for x in samples if x.kind == kind][:SANITY_PER_DEFECT]]
-    steps = randomisation_test(model, to_tensor([s.image for s in sanity]))
+    scores = family_localisation(model, samples, outcome, COSTLY_LOCALISATION_IMAGES)
+    by_kind = [[x for x in samples if x.kind == kind][:SANITY_PER_DEFECT] for kind in DEFECTS]
+    sanity = [s for group in zip(*by_kind, strict=True) for s in group]  # kinds alternate: any prefix is balanced
+    limit = {name: COSTLY_SANITY_IMAGES for name, method in METHODS.items() if costly(method)}
+    steps = randomisation_test(model, to_tensor([s.image for s in sanity]), params=COSTLY_PARAMS, limit=limit)
     written = write_examples(model, pick_examples(samples, outcome), args.images)
 
     setup = Setup(EVALUATION_SEED, COUNTS, len(sanity), sha256_of(WEIGHTS_FILE))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render_report(agreements, outcome, steps, written, setup, args.out) + "\n", encoding="utf-8")
+    page = render_report(agreements, family, outcome, scores, steps, written, setup, args.out)
+    args.out.write_text(page + "\n", encoding="utf-8")
     logger.info(
         "wrote %s and %d pictures in %s in %.0f s",
         args.out,

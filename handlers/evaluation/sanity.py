@@ -9,32 +9,33 @@ A step re-initialises one learnable layer (a BatchNorm goes with the convolution
 it) with PyTorch's own initialisation (``reset_parameters``, seeded): the state a
 training run starts from.
 
-Besides our two methods, Captum's plain Guided Backprop is measured as a reference: it
-is the fine-detail factor of Guided Grad-CAM, and the method Adebayo et al. found
-insensitive to the model. It is exact only where every ReLU is an ``nn.ReLU`` module, as
-in the default model.
+Every method of the registry that draws maps is measured, each at the trained model's
+predicted class where it is class-specific. Activations are compared channel for channel
+(each image's most activated channel in the trained model); EigenCAM and activations read
+only the explained layer, so layers after it cannot change them: they are measured to show
+exactly that, not held to the class-specific methods' standard.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from captum.attr import GuidedBackprop
 from scipy.stats import spearmanr
 from torch import nn
 
 from ..engine import Explainer, Job
+from ..engine.methods import METHODS as REGISTRY
+from ..engine.methods import MethodParams
 from .maps import is_degenerate
 
 logger = logging.getLogger(__name__)
 
-GUIDED_BACKPROP = "guided_backprop"  # Captum's, the reference
-METHODS = ("gradcam", "guided_gradcam", GUIDED_BACKPROP)
+METHODS = tuple(name for name, method in REGISTRY.items() if method.explains != "nothing")
 RANDOMISATION_SEED = 0
 _CHUNK = 50
 
@@ -80,24 +81,28 @@ def cascade_layers(model: nn.Module) -> list[Layer]:
     return layers[::-1]
 
 
-def _guided_backprop(model: nn.Module, images: torch.Tensor, targets: Sequence[int]) -> list[torch.Tensor]:
-    """Captum's Guided Backprop, channels aggregated as max |value| like the engine's maps."""
-    attribution = GuidedBackprop(model).attribute(images.clone(), target=list(targets))
-    return list(attribution.detach().abs().amax(dim=1))
+def _jobs(method: str, keys: Sequence[int], params: MethodParams) -> list[Job]:
+    """One job per image: its class for class-specific methods, its channel for activations."""
+    if REGISTRY[method].class_specific:
+        return [Job(method, (k,), params=params) for k in keys]
+    if REGISTRY[method].explains == "channel":
+        return [Job(method, params=replace(params, channel=k)) for k in keys]
+    return [Job(method, params=params) for _ in keys]
 
 
-def _maps(
-    model: nn.Module, size: tuple[int, int], images: torch.Tensor, targets: Sequence[int], method: str
-) -> list[torch.Tensor]:
-    """Each image's map of ``method`` for its target, on the model as it is now."""
-    if method == GUIDED_BACKPROP:
-        return _guided_backprop(model, images, targets)
-    explainer = Explainer(model, size)
+def _maps(explainer: Explainer, images: torch.Tensor, jobs: Sequence[Job]) -> list[torch.Tensor]:
+    """Each image's (first) map for its job, on the model as it is now."""
     maps: list[torch.Tensor] = []
     for start in range(0, len(images), _CHUNK):
-        jobs = [Job(method, (t,)) for t in targets[start : start + _CHUNK]]
-        maps += [r.explanations[0].values for r in explainer.explain(images[start : start + _CHUNK], jobs)]
+        results = explainer.explain(images[start : start + _CHUNK], jobs[start : start + _CHUNK])
+        maps += [r.explanations[0].values for r in results]
     return maps
+
+
+def _top_channels(explainer: Explainer, images: torch.Tensor, params: MethodParams) -> list[int]:
+    """Each image's most activated channel of the explained layer (activations' own ranking)."""
+    results = explainer.explain(images, [Job("activations", params=replace(params, channels=1))] * len(images))
+    return [int(r.explanations[0].channel or 0) for r in results]
 
 
 def _spearman(original: torch.Tensor, randomised: torch.Tensor) -> float:
@@ -106,16 +111,32 @@ def _spearman(original: torch.Tensor, randomised: torch.Tensor) -> float:
     return float(spearmanr(original.flatten().numpy(), randomised.flatten().numpy()).statistic)
 
 
-def randomisation_test(model: nn.Module, images: torch.Tensor, methods: Sequence[str] = METHODS) -> list[Step]:
+def randomisation_test(
+    model: nn.Module,
+    images: torch.Tensor,
+    methods: Sequence[str] = METHODS,
+    params: MethodParams | None = None,
+    limit: Mapping[str, int] | None = None,
+) -> list[Step]:
     """Cascading randomisation of a trained eval-mode ``model``, explained at the predicted class.
 
-    ``model`` itself is not modified: the cascade runs on a copy.
+    ``params`` tune the methods that take any; ``limit[m]``: method m runs on the first
+    ``limit[m]`` images only (the costly ones). ``model`` itself is not modified: the
+    cascade runs on a copy.
     """
     size = (int(images.shape[-2]), int(images.shape[-1]))
+    params, limit = params or MethodParams(), limit or {}
     model = copy.deepcopy(model).eval()
     with torch.inference_mode():
         targets = model(images).argmax(1).tolist()
-    originals = {m: _maps(model, size, images, targets, m) for m in methods}
+    explainer = Explainer(model, size)
+    channels = _top_channels(explainer, images, params)
+    inputs = {m: images[: limit.get(m, len(images))] for m in methods}
+    jobs = {}
+    for m in methods:
+        keys = channels if REGISTRY[m].explains == "channel" else targets
+        jobs[m] = _jobs(m, keys[: len(inputs[m])], params)
+    originals = {m: _maps(explainer, inputs[m], jobs[m]) for m in methods}
     steps = []
     for depth, layer in enumerate(cascade_layers(model)):
         torch.manual_seed(RANDOMISATION_SEED + depth)
@@ -123,9 +144,10 @@ def randomisation_test(model: nn.Module, images: torch.Tensor, methods: Sequence
             reset = module.reset_parameters
             assert callable(reset), f"{type(module).__name__} has no reset_parameters()"
             reset()
+        explainer = Explainer(model, size)
         rho, constant = {}, {}
         for method in methods:
-            randomised = _maps(model, size, images, targets, method)
+            randomised = _maps(explainer, inputs[method], jobs[method])
             rho[method] = np.array([_spearman(a, b) for a, b in zip(originals[method], randomised, strict=True)])
             constant[method] = sum(is_degenerate(b) for b in randomised)
         steps.append(Step(layer.name, rho, constant))
