@@ -259,12 +259,13 @@ class TinyNet(nn.Module):
 """
 
 
-def test_a_channels_last_target_layer_is_refused_at_build_naming_what_works(tiny, capsys, tmp_path):
+def test_a_channels_last_layer_builds_and_a_layer_without_a_map_is_refused(tiny, capsys, tmp_path):
     (tmp_path / "tiny_net.py").write_text(CHANNELS_LAST_NET)
     namespace: dict = {}
     exec(CHANNELS_LAST_NET, namespace)  # noqa: S102 - the source the MAR ships
     torch.save(namespace["TinyNet"](len(LABELS)).state_dict(), tmp_path / "tiny.pth")
-    line = refusal([*tiny, "--target-layer", "mix"], capsys)
-    assert "argument --target-layer: target layer 'mix' outputs 1 x 8 x 8 x 24, a channels-last" in line
-    assert line.endswith("candidates (last first): embed")
-    assert not (tmp_path / "out" / "tiny.mar").exists()
+    line = refusal([*tiny, "--target-layer", "fc"], capsys)
+    assert "argument --target-layer: target layer 'fc' outputs 1 x 3, not a spatial map" in line
+    assert line.endswith("candidates (last first): mix, embed")
+    archive.main([*tiny, "--target-layer", "mix"])  # N x H x W x C, read as a map
+    assert (tmp_path / "out" / "tiny.mar").exists()

@@ -24,8 +24,10 @@ DISCOVERED = {
 }
 
 
-def images(n: int, seed: int = 1) -> torch.Tensor:
-    return torch.randn((n, 3, *SIZE), generator=torch.Generator().manual_seed(seed))
+def images(n: int, *size: int, seed: int = 1) -> torch.Tensor:
+    """``n`` seeded random images of ``size`` (height, width; one side: square; default SIZE)."""
+    shape = SIZE if not size else (size[0], size[-1])
+    return torch.randn((n, 3, *shape), generator=torch.Generator().manual_seed(seed))
 
 
 def rel_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
@@ -162,7 +164,7 @@ def test_results_are_detached_from_any_graph(explainer_for):
 def test_wrong_target_layer_names_candidates(random_model):
     with pytest.raises(TargetLayerError, match=r"'layer9' does not exist.*candidates.*layer4"):
         Explainer(random_model("resnet18"), SIZE, target_layer="layer9")
-    with pytest.raises(TargetLayerError, match=r"'fc' does not output a spatial"):
+    with pytest.raises(TargetLayerError, match=r"'fc' outputs 1 x 1000, not a spatial map"):
         Explainer(random_model("resnet18"), SIZE, target_layer="fc")
 
 
@@ -195,9 +197,12 @@ class TokenNet(nn.Module):
         return self.head(tokens.mean(1))
 
 
-def test_transformer_like_model_needs_an_explicit_layer():
-    with pytest.raises(TargetLayerError, match="token-sequence"):
-        Explainer(TokenNet().eval(), (32, 32))
+def test_token_layers_are_laid_on_the_patch_grid():
+    explainer = Explainer(TokenNet().eval(), (32, 32))
+    assert explainer.layer_name == "mix" and not explainer.uses_cam_fast_path
+    (result,) = explainer.explain(images(1, 32), [Job("gradcam", (1,))])
+    values = result.explanations[0].values
+    assert tuple(values.shape) == (4, 4) and values.max() > 0
 
 
 class ChannelsLastStages(nn.Module):
@@ -217,14 +222,16 @@ class ChannelsLastStages(nn.Module):
 
 
 @pytest.mark.parametrize("size", [(32, 32), (32, 64), (48, 24)])
-def test_channels_last_layers_are_refused_naming_what_would_work(size):
-    with pytest.raises(TargetLayerError, match=r"'mlp' outputs 1 x \d+ x \d+ x 24, a channels-last.*candidates.*embed"):
-        Explainer(ChannelsLastStages().eval(), size, target_layer="mlp")
-    assert Explainer(ChannelsLastStages().eval(), size, target_layer="embed").layer_name == "embed"
+def test_channels_last_layers_are_permuted_to_maps(size):
+    explainer = Explainer(ChannelsLastStages().eval(), size, target_layer="mlp")
+    (result,) = explainer.explain(images(1, *size), [Job("gradcam", (0,))])
+    assert tuple(result.explanations[0].values.shape) == (size[0] // 4, size[1] // 4)
+    assert explainer.layer_name == Explainer(ChannelsLastStages().eval(), size).layer_name == "mlp"
 
 
-def test_channels_last_maps_are_never_discovered(random_model):
-    """Swin's stages are N x H x W x C; its final permute back to N x C x H x W is the layer to explain."""
-    with pytest.raises(TargetLayerError, match=r"'features\.7' outputs 1 x 7 x 7 x 768, a channels-last"):
-        Explainer(random_model("swin_t"), (224, 224), target_layer="features.7")
+def test_swin_is_explained_at_its_last_stage_turned_channels_first(random_model):
+    """Swin's stages are N x H x W x C; its final permute back to N x C x H x W comes last, so it is chosen."""
     assert Explainer(random_model("swin_t"), (224, 224)).layer_name == "permute"
+    stage = Explainer(random_model("swin_t"), (224, 224), target_layer="features.7")
+    (result,) = stage.explain(images(1, 224), [Job("gradcam", (3,))])
+    assert tuple(result.explanations[0].values.shape) == (7, 7)

@@ -67,7 +67,7 @@ def test_explanations_endpoint_turns_a_default_none_into_gradcam():
     [
         (
             {"method": "lime"},
-            r"option 'method' must be one of none, gradcam, guided_gradcam, cam, hirescam, gradcam_plusplus, xgradcam, layercam, eigencam, guided_backprop, activations, occlusion, integrated_gradients; got 'lime'",
+            f"option 'method' must be one of {', '.join(METHODS)}; got 'lime'",
         ),
         ({"target": 3}, r"class index 3 is outside 0..2"),
         ({"target": "rust"}, r"'rust' is not a class label; valid: ok, scratch, dent"),

@@ -8,17 +8,23 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from .layers import MapLayout
+
+CHANNELS_FIRST = MapLayout("nchw")
+
 
 class ActivationCapture:
-    """Holds the target layer's output of the latest forward.
+    """Holds the target layer's output of the latest forward, and reads it as an N x C x H x W map.
 
     ``detach_prefix=True`` makes the activation a leaf that requires grad, so autograd
     records only what follows the layer (the model's parameters are frozen). Downstream
     modules get a clone, so an in-place op after the layer cannot corrupt the capture.
+    Token and channels-last outputs are converted by ``layout``, their gradients too.
     """
 
-    def __init__(self, detach_prefix: bool) -> None:
+    def __init__(self, detach_prefix: bool, layout: MapLayout = CHANNELS_FIRST) -> None:
         self.detach_prefix = detach_prefix
+        self.layout = layout
         self.activation: torch.Tensor | None = None
 
     def hook(self, module: nn.Module, _inputs, output):
@@ -31,17 +37,27 @@ class ActivationCapture:
         self.activation = act
         return act.clone()
 
-    def take(self) -> torch.Tensor:
-        """The captured activation; raises if the layer was not reached by the forward."""
+    def _raw(self) -> torch.Tensor:
         if self.activation is None:
             raise RuntimeError("the target layer was not called during the forward pass")
         return self.activation
 
+    def take(self) -> torch.Tensor:
+        """The captured activation as an N x C x H x W map; raises if the layer was not reached."""
+        return self.layout.to_nchw(self._raw())
+
+    def gradient(self, score: torch.Tensor, retain_graph: bool) -> torch.Tensor:
+        """d score / d activation, as an N x C x H x W map like ``take()``."""
+        (grads,) = torch.autograd.grad(score, self._raw(), retain_graph=retain_graph)
+        return self.layout.to_nchw(grads)
+
 
 @contextmanager
-def capture_activation(layer: nn.Module, detach_prefix: bool) -> Iterator[ActivationCapture]:
+def capture_activation(
+    layer: nn.Module, detach_prefix: bool, layout: MapLayout = CHANNELS_FIRST
+) -> Iterator[ActivationCapture]:
     """Hook ``layer`` for the duration of the block; the handle never outlives it."""
-    capture = ActivationCapture(detach_prefix)
+    capture = ActivationCapture(detach_prefix, layout)
     handle = layer.register_forward_hook(capture.hook)
     try:
         yield capture

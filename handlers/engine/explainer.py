@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .guided import GuidedReLUMode, GuideSwitch
-from .layers import LayerRecord, discover_target_layer, resolve_target_layer, spatial_candidates, trace_module_outputs
+from .layers import LayerRecord, discover_target_layer, map_candidates, resolve_target_layer, trace_module_outputs
 from .linear_head import detect_linear_head
 from .methods import METHODS, ExplainedModel, MapLayer, MethodError, MethodLimits, MethodParams
 
@@ -55,14 +55,14 @@ class SampleResult:
     explanations: list[Explanation] = field(default_factory=list)
 
 
-def _map_layers(model: nn.Module, records: list[LayerRecord], input_size: tuple[int, int]) -> dict[str, MapLayer]:
-    modules = dict(model.named_modules())
-    shapes = {r.name: r.output_shape for r in records}
-    return {
-        name: MapLayer(modules[name], shape)
-        for name in spatial_candidates(records, input_size)
-        if (shape := shapes.get(name)) is not None
-    }
+def _map_layers(records: list[LayerRecord]) -> dict[str, MapLayer]:
+    """Every layer whose output is a map, last first, with its N x C x H x W shape for one image."""
+    layers = {}
+    for record in map_candidates(records):
+        assert record.layout is not None and record.output_shape is not None
+        shape = tuple(record.layout.to_nchw(torch.empty(record.output_shape, device="meta")).shape)
+        layers[record.name] = MapLayer(record.module, shape, record.layout)
+    return layers
 
 
 class Explainer:
@@ -86,16 +86,19 @@ class Explainer:
         example = torch.rand((1, 3, *input_size), generator=torch.Generator().manual_seed(0)).to(self.device)
         records, logits = trace_module_outputs(model, example)
         self.num_classes = int(logits.shape[1])
-        layer_name = target_layer or discover_target_layer(records, input_size)
-        layer = resolve_target_layer(model, layer_name, records, input_size)
-        head = detect_linear_head(model, layer, example, records) if cam_fast_path else None
+        layer_name = target_layer or discover_target_layer(model, example, records)
+        record = resolve_target_layer(model, layer_name, records, example)
+        assert record.layout is not None
+        channels_first = record.layout.kind == "nchw"
+        head = detect_linear_head(model, record.module, example, records) if cam_fast_path and channels_first else None
         self.explained = ExplainedModel(
             model,
-            layer,
+            record.module,
             layer_name,
+            record.layout,
             head,
             input_size,
-            _map_layers(model, records, input_size),
+            _map_layers(records),
             limits or MethodLimits(),
         )
         self._report_guided_coverage(example)

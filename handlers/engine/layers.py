@@ -1,7 +1,8 @@
-"""Target-layer discovery: find the last spatial feature map before global pooling."""
+"""Target-layer discovery and map layouts: which layer outputs can be explained, and how to read them."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -27,6 +28,34 @@ class TargetLayerError(ValueError):
     """The target layer named in the model config does not exist or is unusable."""
 
 
+# Tokens before the patch tokens of a transformer: class, distillation and register tokens.
+MAX_PREFIX_TOKENS = 16
+
+
+@dataclass(frozen=True)
+class MapLayout:
+    """How a layer's output becomes an N x C x H x W map.
+
+    ``nchw``: as it is (CNNs); ``nhwc``: channels last (Swin stages, ConvNeXt blocks), permuted;
+    ``tokens``: N x T x C (vision transformers), its first ``prefix`` tokens dropped and the rest
+    laid on the model's patch ``grid``.
+    """
+
+    kind: str
+    prefix: int = 0
+    grid: tuple[int, int] = (0, 0)
+
+    def to_nchw(self, output: torch.Tensor) -> torch.Tensor:
+        """The map (a view where the layout allows) of a layer output or of its gradient."""
+        if self.kind == "nhwc":
+            return output.permute(0, 3, 1, 2)
+        if self.kind == "tokens":
+            height, width = self.grid
+            patches = output[:, self.prefix :, :]
+            return patches.reshape(output.shape[0], height, width, output.shape[2]).permute(0, 3, 1, 2)
+        return output
+
+
 @dataclass(frozen=True)
 class LayerRecord:
     """One module call seen during a probe forward, in completion order."""
@@ -34,10 +63,50 @@ class LayerRecord:
     name: str
     module: nn.Module
     output_shape: tuple[int, ...] | None  # None when the output is not a single tensor
+    layout: MapLayout | None = None  # how its output is a map, when it is one
+
+
+def _fits_input(height: int, width: int, input_size: tuple[int, int]) -> bool:
+    """Whether an h x w grid has the input's aspect ratio, up to one cell of rounding per side."""
+    in_h, in_w = input_size
+    return abs(height * in_w - width * in_h) <= in_h + in_w
+
+
+def _layout(
+    shape: tuple[int, ...] | None, input_size: tuple[int, int], grid: tuple[int, int] | None
+) -> MapLayout | None:
+    """The layout of an output of ``shape``, or None when it is no map of the image.
+
+    A 4-d output is channels-first when its last two axes have the input's aspect ratio, else
+    channels-last when its middle axes do; a 3-d one is tokens when it holds the patch grid
+    (``grid``, from the patch embedding before it) plus at most MAX_PREFIX_TOKENS others.
+    """
+    if shape is None:
+        return None
+    if len(shape) == 4 and shape[2] * shape[3] > 1 and _fits_input(shape[2], shape[3], input_size):
+        return MapLayout("nchw")
+    if len(shape) == 4 and shape[1] * shape[2] > 1 and _fits_input(shape[1], shape[2], input_size):
+        return MapLayout("nhwc")
+    if len(shape) == 3 and grid is not None and 0 <= shape[1] - grid[0] * grid[1] <= MAX_PREFIX_TOKENS:
+        return MapLayout("tokens", shape[1] - grid[0] * grid[1], grid)
+    return None
+
+
+def _with_layouts(records: list[LayerRecord], input_size: tuple[int, int]) -> list[LayerRecord]:
+    """Records with their layouts; the patch grid is the last channels-first map before the first tokens."""
+    laid: list[LayerRecord] = []
+    grid: tuple[int, int] | None = None
+    for record in records:
+        shape = record.output_shape
+        layout = _layout(shape, input_size, grid)
+        if layout is not None and layout.kind == "nchw" and shape is not None:
+            grid = (shape[2], shape[3])
+        laid.append(dataclasses.replace(record, layout=layout))
+    return laid
 
 
 def trace_module_outputs(model: nn.Module, example: torch.Tensor) -> tuple[list[LayerRecord], torch.Tensor]:
-    """Run ``model(example)`` once; record every named module's output shape, and the logits.
+    """Run ``model(example)`` once; record every named module's output shape and layout, and the logits.
 
     Records are in completion order, so a container comes right after its last child.
     """
@@ -60,89 +129,140 @@ def trace_module_outputs(model: nn.Module, example: torch.Tensor) -> tuple[list[
     finally:
         for handle in handles:
             handle.remove()
-    return records, logits
+    return _with_layouts(records, (example.shape[2], example.shape[3])), logits
 
 
-def _fits_input(height: int, width: int, input_size: tuple[int, int]) -> bool:
-    """Whether an h x w grid has the input's aspect ratio, up to one cell of rounding per side."""
-    in_h, in_w = input_size
-    return abs(height * in_w - width * in_h) <= in_h + in_w
-
-
-def is_channels_last(shape: tuple[int, ...], input_size: tuple[int, int]) -> bool:
-    """An N x H x W x C map (Swin stages, ConvNeXt blocks): its middle axes have the input's
-    aspect ratio and its last two don't, so reading it as N x C x H x W would be wrong."""
-    return (
-        len(shape) == 4
-        and _fits_input(shape[1], shape[2], input_size)
-        and not _fits_input(shape[2], shape[3], input_size)
-    )
-
-
-def _is_spatial(record: LayerRecord, input_size: tuple[int, int]) -> bool:
-    shape = record.output_shape
-    return shape is not None and len(shape) == 4 and shape[2] * shape[3] > 1 and not is_channels_last(shape, input_size)
-
-
-def spatial_candidates(records: list[LayerRecord], input_size: tuple[int, int]) -> list[str]:
-    """Names of modules producing a channels-first N x C x H x W map (H*W > 1), last first, unique."""
-    names: list[str] = []
+def map_candidates(records: list[LayerRecord]) -> list[LayerRecord]:
+    """Records of modules whose output is a map (any layout), last first, one per name."""
+    seen: set[str] = set()
+    candidates = []
     for record in reversed(records):
-        usable = _is_spatial(record, input_size) and not isinstance(record.module, _SKIPPED_TYPES)
-        if usable and record.name not in names:
-            names.append(record.name)
-    return names
+        if record.layout is not None and not isinstance(record.module, _SKIPPED_TYPES) and record.name not in seen:
+            seen.add(record.name)
+            candidates.append(record)
+    return candidates
 
 
-def discover_target_layer(records: list[LayerRecord], input_size: tuple[int, int]) -> str:
-    """Name of the last module whose output is a spatial feature map before pooling.
+def _head_input(model: nn.Module, records: list[LayerRecord] | None) -> nn.Module | None:
+    """The classifier's last Linear, whose input holds every feature the prediction can use."""
+    linears = [r.module for r in records or [] if isinstance(r.module, nn.Linear)]
+    return linears[-1] if linears else None
 
-    ResNet gives ``layer4``, GoogLeNet ``inception5b``, DenseNet/EfficientNet/MobileNet
-    ``features``, SqueezeNet its final ReLU'd conv (``classifier.2``).
+
+def patch_gradients(
+    model: nn.Module, example: torch.Tensor, candidates: list[LayerRecord], records: list[LayerRecord] | None = None
+) -> dict[str, float]:
+    """For each candidate, the largest gradient magnitude over its map cells (prefix tokens
+    excluded), from one forward and one backward: 0 means the map cannot explain the prediction.
+
+    The gradient is taken of a fixed random projection of what the head reads (the input of the
+    last Linear, else the logits), so a head initialised to zeros (torchvision's ViT) still counts.
     """
-    candidates = spatial_candidates(records, input_size)
+    found: dict[str, float] = {}
+    handles = []
+    head_inputs: list[torch.Tensor] = []
+    head = _head_input(model, records)
+    if head is not None:
+        handles.append(head.register_forward_pre_hook(lambda _m, inputs: head_inputs.append(inputs[0])))
+
+    def make_hook(record: LayerRecord):
+        layout = record.layout
+        assert layout is not None
+
+        def keep(grad: torch.Tensor) -> None:
+            found[record.name] = max(found.get(record.name, 0.0), float(layout.to_nchw(grad).abs().amax()))
+
+        def hook(_module: nn.Module, _inputs, output) -> None:
+            if isinstance(output, torch.Tensor) and output.requires_grad:
+                output.register_hook(keep)
+
+        return hook
+
+    modules = {record.name: record.module for record in candidates}
+    for record in candidates:
+        handles.append(modules[record.name].register_forward_hook(make_hook(record)))
+    try:
+        with torch.enable_grad():
+            logits = model(example.detach().clone().requires_grad_(True))
+            read = head_inputs[-1] if head_inputs else logits
+            direction = torch.randn(read.shape, generator=torch.Generator().manual_seed(0)).to(read)
+            (read * direction).sum().backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {record.name: found.get(record.name, 0.0) for record in candidates}
+
+
+def _token_width(records: list[LayerRecord]) -> int | None:
+    """The transformer's embedding width: the channels of its last token output (the final norm)."""
+    tokens = [r for r in records if r.layout is not None and r.layout.kind == "tokens" and r.output_shape]
+    return tokens[-1].output_shape[2] if tokens and tokens[-1].output_shape else None
+
+
+def discover_target_layer(model: nn.Module, example: torch.Tensor, records: list[LayerRecord]) -> str:
+    """Name of the layer to explain by default.
+
+    CNNs (the last map is channels-first): the last spatial feature map before pooling (ResNet
+    ``layer4``, GoogLeNet ``inception5b``, DenseNet/EfficientNet/MobileNet ``features``, Swin's
+    final ``permute``). Transformers (token or channels-last maps come last): the last map whose
+    cells still reach the prediction, measured by one backward. In a ViT the last block's output
+    feeds only the class token to the head, so its patch gradients are exactly zero; the last
+    layer that reaches is the last block's first norm (the input of its attention). Among token
+    layers only those of the residual stream's width count, not the q/k/v projections.
+    """
+    candidates = map_candidates(records)
     if not candidates:
         raise TargetLayerError(
-            "no module of this model outputs a spatial feature map (N x C x H x W); "
-            "Grad-CAM needs a convolutional layer: name one with target_layer"
+            "no module of this model outputs a spatial feature map (N x C x H x W, N x H x W x C or "
+            "patch tokens); name the layer to explain with target_layer"
         )
-    chosen = candidates[0]
-    completed = [r.name for r in records]
-    after = records[completed.index(chosen) + 1 :]
-    if any(r.output_shape is not None and len(r.output_shape) == 3 and r.output_shape[1] > 1 for r in after):
-        raise TargetLayerError(
-            f"the last spatial feature map ({chosen!r}) is followed by token-sequence "
-            "layers (a transformer?); pick the explanation layer yourself with target_layer"
-        )
-    logger.info("discovered target layer %r (output %s)", chosen, records[completed.index(chosen)].output_shape)
-    return chosen
+    if candidates[0].layout is not None and candidates[0].layout.kind == "nchw":
+        chosen = candidates[0]
+    else:
+        width = _token_width(records)
+        stream = [
+            r
+            for r in candidates
+            if r.layout is not None and (r.layout.kind != "tokens" or (r.output_shape or (0, 0, 0))[2] == width)
+        ]
+        reach = patch_gradients(model, example, stream, records)
+        reaching = [r for r in stream if reach[r.name] > 0]
+        if not reaching:
+            raise TargetLayerError("no map of this model reaches its prediction; name the layer with target_layer")
+        chosen = reaching[0]
+    logger.info("discovered target layer %r (output %s, %s)", chosen.name, chosen.output_shape, chosen.layout)
+    return chosen.name
 
 
-def _problem(module: nn.Module | None, records: list[LayerRecord], input_size: tuple[int, int]) -> str:
-    """Why ``module`` can't be explained, in words a user can act on."""
-    if module is None:
-        return "does not exist"
-    shapes = [r.output_shape for r in records if r.module is module and r.output_shape is not None]
-    if any(is_channels_last(shape, input_size) for shape in shapes):
-        shown = " x ".join(str(v) for v in shapes[-1])
-        return (
-            f"outputs {shown}, a channels-last (N x H x W x C) map, as transformer stages do; "
-            "Grad-CAM here needs a channels-first N x C x H x W map (channels-last and token layers "
-            "are not supported yet)"
-        )
-    return "does not output a spatial N x C x H x W map"
+def _shown(shape: tuple[int, ...] | None) -> str:
+    return " x ".join(str(v) for v in shape) if shape else "no single tensor"
 
 
-def resolve_target_layer(
-    model: nn.Module, name: str, records: list[LayerRecord], input_size: tuple[int, int]
-) -> nn.Module:
-    """The module called ``name``, or a TargetLayerError saying why not and listing usable names."""
+def resolve_target_layer(model: nn.Module, name: str, records: list[LayerRecord], example: torch.Tensor) -> LayerRecord:
+    """The record of the module called ``name``, or a TargetLayerError saying why not and listing usable names.
+
+    A token or channels-last layer must also reach the prediction (non-zero gradient on its map).
+    """
     module = dict(model.named_modules()).get(name)
-    if module is not None and any(r.module is module and _is_spatial(r, input_size) for r in records):
-        return module
-    candidates = spatial_candidates(records, input_size)[:12]
-    problem = _problem(module, records, input_size)
-    raise TargetLayerError(
-        f"target layer {name!r} {problem} in {type(model).__name__}; "
-        f"candidates (last first): {', '.join(candidates) or 'none'}"
-    )
+    candidates = [r.name for r in map_candidates(records)][:12]
+    listed = f"candidates (last first): {', '.join(candidates) or 'none'}"
+    if module is None:
+        raise TargetLayerError(f"target layer {name!r} does not exist in {type(model).__name__}; {listed}")
+    mapped = [r for r in records if r.module is module and r.layout is not None]
+    if not mapped:
+        shapes = [r.output_shape for r in records if r.module is module]
+        raise TargetLayerError(
+            f"target layer {name!r} outputs {_shown(shapes[-1] if shapes else None)}, not a spatial map "
+            f"(N x C x H x W, N x H x W x C or patch tokens) in {type(model).__name__}; {listed}"
+        )
+    record = mapped[-1]
+    if (
+        record.layout is not None
+        and record.layout.kind != "nchw"
+        and patch_gradients(model, example, [record], records)[name] == 0
+    ):
+        raise TargetLayerError(
+            f"target layer {name!r} does not reach the prediction: the gradient on its map is zero "
+            f"(in a ViT the last block only passes its class token on); {listed}"
+        )
+    return record

@@ -39,8 +39,8 @@ class Activations(Method):
             raise MethodError(f"option 'channel': {params.channel} is outside 0..{channels - 1} of layer {name!r}")
 
     def run(self, model: ExplainedModel, images: torch.Tensor, resolve: Resolver, params: MethodParams) -> MethodOutput:
-        layer = model.layers[_layer_name(model, params)].module
-        with torch.inference_mode(), capture_activation(layer, detach_prefix=False) as capture:
+        layer = model.layers[_layer_name(model, params)]
+        with torch.inference_mode(), capture_activation(layer.module, False, layer.layout) as capture:
             logits = model.model(images)
             activations = capture.take()
             means = activations.mean(dim=(2, 3))

@@ -16,6 +16,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from ..layers import MapLayout
 from ..linear_head import LinearHead
 
 
@@ -28,7 +29,8 @@ class MapLayer:
     """A named module whose output is a channels-first N x C x H x W map."""
 
     module: nn.Module
-    shape: tuple[int, ...]  # its output for one image: 1 x C x H x W
+    shape: tuple[int, ...]  # its map for one image: 1 x C x H x W
+    layout: MapLayout
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class ExplainedModel:
     model: nn.Module
     layer: nn.Module
     layer_name: str
+    layout: MapLayout  # how the layer's output is read as an N x C x H x W map
     linear_head: LinearHead | None
     input_size: tuple[int, int]
     layers: dict[str, MapLayer]  # every module with a channels-first map output, last first
@@ -119,7 +122,7 @@ class Method(ABC):
     # What each map is of: "class" (one per target class), "channel" (one per channel shown),
     # "image" (one per image, class-agnostic), "nothing" (no map: prediction only).
     explains: ClassVar[str] = "class"
-    resolution: ClassVar[str] = "layer"  # "layer": the explained layer's grid; "input": the model input's
+    resolution: ClassVar[str] = "layer"  # "layer": the explained layer's grid; "input": the model input's; "none"
     passes: ClassVar[str]  # the passes it costs, in words
     uses_layer: ClassVar[bool] = True  # whether its maps come from the explained layer
     params: ClassVar[tuple[str, ...]] = ()  # the MethodParams fields a request may set for it

@@ -36,7 +36,7 @@ class EigenCam(Method):
     passes = "1 forward + one small SVD per image"
 
     def run(self, model: ExplainedModel, images: torch.Tensor, resolve: Resolver, params: MethodParams) -> MethodOutput:
-        with torch.inference_mode(), capture_activation(model.layer, detach_prefix=False) as capture:
+        with torch.inference_mode(), capture_activation(model.layer, False, model.layout) as capture:
             logits = model.model(images)
             maps = torch.relu(principal_projection(capture.take()))
         slots = TargetSlots.build([[0] for _ in range(len(images))], images.device)

@@ -39,22 +39,20 @@ class GradientCam(Method):
     def run(self, model: ExplainedModel, images: torch.Tensor, resolve: Resolver, params: MethodParams) -> MethodOutput:
         if model.linear_head is not None:
             head = model.linear_head
-            with torch.inference_mode(), capture_activation(model.layer, detach_prefix=False) as capture:
+            with torch.inference_mode(), capture_activation(model.layer, False, model.layout) as capture:
                 logits = model.model(images)
                 slots = TargetSlots.build(resolve(logits), images.device)
                 activations = _pick_rows(capture.take(), slots.rows)
                 gradients = head.gradient(slots.targets, activations)
                 maps = torch.relu(self.combine(activations, gradients))
             return MethodOutput(logits, slots, maps)
-        with torch.enable_grad(), capture_activation(model.layer, detach_prefix=True) as capture:
+        with torch.enable_grad(), capture_activation(model.layer, True, model.layout) as capture:
             logits = model.model(images)
             slots = TargetSlots.build(resolve(logits.detach()), images.device)
             activations = capture.take()
             maps = torch.empty((len(slots.rows), *activations.shape[2:]), device=images.device)
             for j, positions in enumerate(slots.by_depth):
-                (grads,) = torch.autograd.grad(
-                    slots.score(logits, positions), activations, retain_graph=j + 1 < len(slots.by_depth)
-                )
+                grads = capture.gradient(slots.score(logits, positions), retain_graph=j + 1 < len(slots.by_depth))
                 rows = slots.rows[positions]
                 maps[positions] = torch.relu(self.combine(activations[rows].detach(), grads[rows]))
         return MethodOutput(logits.detach(), slots, maps)

@@ -56,7 +56,7 @@ class GuidedGradCam(Method):
     def run(self, model: ExplainedModel, images: torch.Tensor, resolve: Resolver, params: MethodParams) -> MethodOutput:
         switch = GuideSwitch()
         inputs = images.detach().clone().requires_grad_(True)
-        with torch.enable_grad(), capture_activation(model.layer, detach_prefix=False) as capture:
+        with torch.enable_grad(), capture_activation(model.layer, False, model.layout) as capture:
             with GuidedReLUMode(switch):
                 logits = model.model(inputs)
             slots = TargetSlots.build(resolve(logits.detach()), images.device)
@@ -65,7 +65,7 @@ class GuidedGradCam(Method):
             for j, positions in enumerate(slots.by_depth):
                 score = slots.score(logits, positions)
                 switch.armed = False
-                (layer_grads,) = torch.autograd.grad(score, activations, retain_graph=True)
+                layer_grads = capture.gradient(score, retain_graph=True)
                 switch.armed = True
                 last = j + 1 == len(slots.by_depth)
                 (input_grads,) = torch.autograd.grad(score, inputs, retain_graph=not last)

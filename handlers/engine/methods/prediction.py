@@ -13,6 +13,7 @@ class NoExplanation(Method):
     name = "none"
     summary = "no explanation: the prediction only"
     explains = "nothing"
+    resolution = "none"
     passes = "1 forward"
     uses_layer = False
 
