@@ -136,3 +136,24 @@ def test_the_description_lists_methods_labels_layers_and_limits(handler):
     assert description["layers"][0] == "features" and description["limits"]["max_ig_steps"] >= 1
     occlusion = next(m for m in description["methods"] if m["name"] == "occlusion")
     assert occlusion["options"] == ["window", "stride"] and occlusion["class_specific"] is True
+
+
+GELU_NET = TANH_HEAD_NET.replace("nn.ReLU()", "nn.GELU()")
+
+
+def test_guided_answers_on_a_gelu_model_say_what_the_map_is(tmp_path):
+    handler = GradCamHandler()
+    mar = build_custom_mar(tmp_path, source=GELU_NET)
+    handler.initialize(load_context(unpack_mar(mar, tmp_path / "model"), "tiny"))
+    statuses, bodies, _ = run_batch(handler, [request("guided_gradcam"), request("gradcam")])
+    assert statuses == [200, 200]
+    note = bodies[0]["explanations"][0]["note"]
+    assert "2 gelu" in note and "gradient x Grad-CAM" in note
+    assert "note" not in bodies[1]["explanations"][0]
+    assert handler.description()["guided_note"] == note
+
+
+def test_guided_answers_on_an_all_relu_model_carry_no_note(handler):
+    statuses, bodies, _ = run_batch(handler, [request("guided_backprop")])
+    assert statuses == [200] and "note" not in bodies[0]["explanations"][0]
+    assert handler.description()["guided_note"] is None

@@ -101,7 +101,7 @@ class Explainer:
             _map_layers(records),
             limits or MethodLimits(),
         )
-        self._report_guided_coverage(example)
+        self.guided_note = self._guided_coverage(example)
 
     @property
     def model(self) -> nn.Module:
@@ -134,19 +134,23 @@ class Explainer:
         """Names of the methods this model supports (``cam`` only with a pool + linear head)."""
         return [name for name, method in METHODS.items() if method.available(self.explained)]
 
-    def _report_guided_coverage(self, example: torch.Tensor) -> None:
+    def _guided_coverage(self, example: torch.Tensor) -> str | None:
+        """What guided maps of this model are, in a sentence, when the guided rule does not cover
+        every activation (GELU, SiLU...: it is defined for ReLU only); None when it does."""
         mode = GuidedReLUMode(GuideSwitch())
         with torch.inference_mode(), mode:
             self.model(example)
-        if mode.unguided_calls or not mode.guided_calls:
-            logger.warning(
-                "guided backprop is applied at %d ReLU calls but not at %s: the guided rule is "
-                "defined for ReLU, so gradients pass those activations unguided",
-                mode.guided_calls,
-                mode.unguided_calls or "any activation (none found)",
-            )
-        else:
+        if not mode.unguided_calls and mode.guided_calls:
             logger.info("guided backprop covers all %d activation calls (ReLU/ReLU6)", mode.guided_calls)
+            return None
+        others = ", ".join(f"{count} {name}" for name, count in sorted(mode.unguided_calls.items())) or "none"
+        note = (
+            f"the guided rule (defined for ReLU) applies at {mode.guided_calls} ReLU calls of this model but not "
+            f"at its other activations ({others}): there the map is the plain gradient "
+            "(for guided_gradcam: gradient x Grad-CAM)"
+        )
+        logger.warning("guided backprop: %s", note)
+        return note
 
     def check(self, job: Job) -> None:
         """Raise ValueError (MethodError for what a request asked) if ``job`` can't be explained."""

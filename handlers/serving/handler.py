@@ -184,6 +184,9 @@ class GradCamHandler(BaseHandler):
         assert isinstance(item, Prepared)
         try:
             body = answer(outcome, item.options, self.labels, self.explainer.layer_name, item.picture)
+            if METHODS[item.options.method].guided and self.explainer.guided_note:
+                for entry in body["explanations"]:
+                    entry["note"] = self.explainer.guided_note
             encoded = json.dumps(body, separators=(",", ":")).encode("utf-8")
         except Exception as error:  # noqa: BLE001 - one answer's failure must not fail its batch
             return _refusal(error, "render"), b""
@@ -228,6 +231,7 @@ class GradCamHandler(BaseHandler):
             "input_size": list(explainer.input_size),
             "target_layer": explainer.layer_name,
             "cam_fast_path": explainer.uses_cam_fast_path,
+            "guided_note": explainer.guided_note,
             "labels": self.labels,
             "methods": methods,
             "layers": explainer.layer_names,

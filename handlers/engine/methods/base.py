@@ -126,6 +126,7 @@ class Method(ABC):
     passes: ClassVar[str]  # the passes it costs, in words
     uses_layer: ClassVar[bool] = True  # whether its maps come from the explained layer
     params: ClassVar[tuple[str, ...]] = ()  # the MethodParams fields a request may set for it
+    guided: ClassVar[bool] = False  # uses guided backpropagation (a note when the model is not all ReLU)
 
     @abstractmethod
     def run(self, model: ExplainedModel, images: torch.Tensor, resolve: Resolver, params: MethodParams) -> MethodOutput:

@@ -28,6 +28,7 @@ class GuidedBackprop(Method):
     resolution = "input"
     passes = "1 forward + 1 backward to the input per target depth"
     uses_layer = False
+    guided = True
 
     def run(self, model: ExplainedModel, images: torch.Tensor, resolve: Resolver, params: MethodParams) -> MethodOutput:
         switch = GuideSwitch()
@@ -52,6 +53,7 @@ class GuidedGradCam(Method):
     summary = "Guided Grad-CAM: guided backpropagation masked by Grad-CAM, fine detail of the class evidence"
     resolution = "input"
     passes = "1 forward + per target depth 1 head-only and 1 input backward"
+    guided = True
 
     def run(self, model: ExplainedModel, images: torch.Tensor, resolve: Resolver, params: MethodParams) -> MethodOutput:
         switch = GuideSwitch()
