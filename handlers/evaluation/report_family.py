@@ -151,9 +151,9 @@ def _localisation_reading(scores: Sequence[MethodScore]) -> list[str]:
             f"`{score.method}` points into the defect in {score.pointing_rate:.1%} with {score.mean_energy:.1%} of "
             f"its mass there, {spread:.1f}x what a uniform map puts there: "
             + (
-                "its mass is on the defect, but its single hottest value often is not."
-                if spread >= 3
-                else "its mass is spread over the image, little more than a uniform map's."
+                "most of its mass is on the defect, but its single hottest value often is not."
+                if score.mean_energy >= 0.5
+                else "most of its mass lies outside the region."
             )
             + _coarseness(score)
         )
