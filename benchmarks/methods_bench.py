@@ -213,7 +213,7 @@ def targets(case: Case, measured: Measured, deciding: Timings, clock: str) -> li
         if not judged:
             continue
         worst, name = max(judged)
-        misses = [f"{n} {b:.2f}x" for b, n in judged if b > goal]
+        misses = [f"{n} {b:.3f}x" for b, n in judged if b > goal]
         found.append(
             Target(
                 f"engine {case.name}: every single-pass layer method, {path}",
