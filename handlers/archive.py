@@ -1,4 +1,4 @@
-"""Build self-contained MARs: ``python -m handlers.archive {inspection,torchvision,custom} ...``.
+"""Build self-contained MARs: ``python -m handlers.archive {inspection,torchvision,custom,timm} ...``.
 
 Each MAR carries the ``handlers`` package itself, the model-config YAML (batching +
 our ``gradcam:`` keys), ``index_to_name.json`` and the weights, so a plain
@@ -27,7 +27,14 @@ import torch
 import yaml
 
 from .engine import METHODS, Explainer, Job, TargetLayerError
-from .models import LabelCountError, ModelClassError, ModelLoadError, parse_labels, read_label_file
+from .models import (
+    LabelCountError,
+    ModelClassError,
+    ModelLoadError,
+    import_timm,
+    parse_labels,
+    read_label_file,
+)
 from .preprocess import InputSpec
 from .serving.config import CONFIG_KEY, LIMIT_DEFAULTS, ServingConfig
 from .serving.loading import load_served_model
@@ -62,6 +69,7 @@ RESPONSE_TIMEOUT_S = (1, 3_600)
 WORKERS = (1, 128)
 TORCH_THREADS = (1, 256)
 INPUT_SIDE = (1, 8_192)
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 
 
 class UsageError(Exception):
@@ -147,6 +155,97 @@ def _torchvision(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, An
     categories = list(weights_enum.meta["categories"])
     labels = _labels(args.labels) if args.labels else parse_labels(categories, f"{args.arch} categories")
     return {"builder": "torchvision", "arch": args.arch, "num_classes": len(labels)}, spec, labels, weights, []
+
+
+IMAGENET_CLASSES = 1000
+
+
+def _imagenet_labels() -> list[str]:
+    """torchvision's ImageNet-1k category names, for timm models with the ImageNet head."""
+    import torchvision
+
+    categories = torchvision.models.get_model_weights("resnet50").DEFAULT.meta["categories"]
+    return parse_labels(list(categories), "ImageNet categories")
+
+
+def _timm_name(timm: Any, name: str) -> Any:
+    """The pretrained config of timm model ``name`` (an architecture, optionally ``.tag``); unknown -> close names."""
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models()"
+        raise UsageError("--model", f"unknown timm model {name!r} (timm {timm.__version__}); {hint}")
+    try:
+        return timm.models.get_pretrained_cfg(name)
+    except RuntimeError as error:  # an architecture with a tag it does not have
+        tags = f"timm.list_pretrained('{name.split('.')[0]}*')"
+        raise UsageError("--model", f"{str(error).rstrip('.')}; see {tags}") from None
+
+
+def _timm_size(args: argparse.Namespace, kwargs: dict[str, Any], config: dict[str, Any]) -> int:
+    """The square input side: --input-size, else the ``img_size`` the model is built with, else timm's config.
+
+    timm's data config describes the pretrained weights (518 for DINOv2); a model built with
+    ``img_size=224`` takes 224, so that wins over the config.
+    """
+    if args.input_size:
+        return int(args.input_size)
+    size = kwargs.get("img_size", config["input_size"][1:])
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    if height != width:
+        raise UsageError("--input-size", f"{args.model} takes {height} x {width} inputs; give a square --input-size")
+    return int(height)
+
+
+def _timm_input(args: argparse.Namespace, kwargs: dict[str, Any], pretrained_cfg: Any) -> dict[str, Any]:
+    """The input transform of timm's own data config (size, interpolation, mean/std, crop_pct), flags override it.
+
+    Like timm's eval transform: resize the shorter side to int(size / crop_pct), centre-crop ``size``.
+    """
+    from timm.data import resolve_data_config
+
+    config = resolve_data_config({}, pretrained_cfg=pretrained_cfg.to_dict() if pretrained_cfg else {})
+    size = _timm_size(args, kwargs, config)
+    mode = config.get("crop_mode", "center")
+    if mode not in ("center", "squash") and not args.resize:
+        raise UsageError("--resize", f"timm's crop_mode {mode!r} of {args.model} is not supported; give --resize")
+    scale = args.resize or int(size / config["crop_pct"])
+    interpolation = args.interpolation or config["interpolation"]
+    if interpolation not in INTERPOLATIONS:
+        raise UsageError(
+            "--interpolation", f"timm's interpolation {interpolation!r} is not one of {', '.join(INTERPOLATIONS)}"
+        )
+    return {
+        # squash: both sides to the scale (aspect not kept), as timm does; center: the shorter side.
+        "resize": [scale, scale] if mode == "squash" and not args.resize else scale,
+        "crop": size,
+        "interpolation": interpolation,
+        "mean": list(args.mean or config["mean"]),
+        "std": list(args.std or config["std"]),
+    }
+
+
+def _timm(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], list[str], Path, list[Path]]:
+    """A timm model: its data config's transform, ``--labels`` (ImageNet's for 1000 classes), ``--weights``."""
+    timm = import_timm()
+    pretrained_cfg = _timm_name(timm, args.model)
+    kwargs = _model_kwargs(args.model_kwargs) if args.model_kwargs else {}
+    if "pretrained" in kwargs:
+        raise UsageError("--model-kwargs", "'pretrained' is not allowed: the weights come from --weights, never online")
+    weights = _existing_file("--weights", args.weights)
+    labels = _labels(args.labels) if args.labels else None
+    num_classes = kwargs.pop("num_classes", len(labels) if labels else IMAGENET_CLASSES)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise UsageError("--model-kwargs", f"num_classes must be a whole number >= 1, got {num_classes!r}")
+    if labels is None:
+        if num_classes != IMAGENET_CLASSES:
+            raise UsageError("--labels", f"required: the model has {num_classes} classes, not ImageNet's 1000")
+        labels = _imagenet_labels()
+    if len(labels) != num_classes:
+        raise UsageError("--labels", f"{len(labels)} labels but --model-kwargs num_classes is {num_classes}")
+    model: dict[str, Any] = {"builder": "timm", "name": args.model, "num_classes": num_classes}
+    if kwargs:
+        model["kwargs"] = kwargs
+    return model, _timm_input(args, kwargs, pretrained_cfg), labels, weights, []
 
 
 def _model_kwargs(text: str) -> dict[str, Any]:
@@ -237,7 +336,8 @@ def validate_config(config: dict[str, Any], labels: list[str]) -> ServingConfig:
 
 def plan_mar(args: argparse.Namespace) -> Plan:
     """Validate every argument and read the labels: fast, and before any model is built."""
-    name = args.name or (args.arch if args.kind == "torchvision" else args.kind)
+    default_name = {"torchvision": "arch", "timm": "model"}.get(args.kind)
+    name: str = args.name or (getattr(args, default_name) if default_name else args.kind)
     if not _MODEL_NAME.fullmatch(name):
         raise UsageError(
             "--name",
@@ -247,6 +347,7 @@ def plan_mar(args: argparse.Namespace) -> Plan:
         "inspection": _inspection,
         "torchvision": _torchvision,
         "custom": _custom,
+        "timm": _timm,
     }[args.kind](args)
     config = model_config(args, model, input_spec)
     validate_config(config, labels)
@@ -474,7 +575,32 @@ def parser() -> argparse.ArgumentParser:
     custom.add_argument(
         "--std", type=_positive_float, nargs=3, default=list(_spec_default("std")), help="(default ImageNet)"
     )
+    _add_timm(kinds, common)
     return main
+
+
+def _add_timm(kinds: Any, common: argparse.ArgumentParser) -> None:
+    """The ``timm`` kind: a timm model name, weights, labels, create_model arguments, transform overrides."""
+    timm = kinds.add_parser(
+        "timm", parents=[common], help="a timm model (pip install timm) with your weights; nothing is downloaded"
+    )
+    timm.add_argument("--model", required=True, help="timm model name, e.g. deit_tiny_patch16_224")
+    timm.add_argument("--weights", required=True, help="state_dict file (.pth)")
+    timm.add_argument(
+        "--labels", help="labels file (required unless the model has ImageNet's 1000 classes: then its categories)"
+    )
+    timm.add_argument(
+        "--model-kwargs",
+        help='JSON object of timm.create_model arguments, e.g. \'{"img_size": 224, "num_classes": 3}\'',
+    )
+    overrides = "(default: timm's data config of the model)"
+    timm.add_argument("--input-size", type=_whole(*INPUT_SIDE), help=f"square input side {overrides}")
+    timm.add_argument(
+        "--resize", type=_whole(*INPUT_SIDE), help=f"shorter side before the centre crop, {overrides}: size / crop_pct"
+    )
+    timm.add_argument("--interpolation", choices=INTERPOLATIONS, help=overrides)
+    timm.add_argument("--mean", type=float, nargs=3, help=overrides)
+    timm.add_argument("--std", type=_positive_float, nargs=3, help=overrides)
 
 
 def _failed(error: BaseException) -> str:

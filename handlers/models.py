@@ -6,7 +6,9 @@ The ``gradcam.model`` section of the model config names a builder:
   classification architecture;
 - ``{builder: file, file: my_model.py, class: Net, kwargs: {...}}``: the user's own
   module shipped in the MAR (``class`` may be omitted when the file defines one
-  ``nn.Module``).
+  ``nn.Module``);
+- ``{builder: timm, name: deit_tiny_patch16_224, num_classes: 1000, kwargs: {...}}``: a timm
+  model (timm is an optional dependency, imported only for these), never downloaded.
 Weights are a state_dict, always loaded with ``weights_only=True``.
 """
 
@@ -18,6 +20,7 @@ import json
 import logging
 import os
 import re
+import sys
 from collections import Counter
 from typing import Any
 
@@ -26,7 +29,7 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-BUILDERS = ("inspection", "torchvision", "file")
+BUILDERS = ("inspection", "torchvision", "file", "timm")
 
 
 class ModelLoadError(RuntimeError):
@@ -46,6 +49,40 @@ def _torchvision_model(spec: dict[str, Any], state: dict[str, torch.Tensor] | No
         kwargs["aux_logits"] = state is not None and any(key.startswith(("aux1.", "AuxLogits.")) for key in state)
         kwargs["init_weights"] = False
     return torchvision.models.get_model(arch, weights=None, **kwargs)
+
+
+def import_timm() -> Any:
+    """The timm module, or a ModelLoadError naming the command that installs it into this Python.
+
+    timm is optional: only timm models need it, so it is imported here, never at module level.
+    """
+    try:
+        import timm
+    except ImportError:
+        raise ModelLoadError(
+            f"timm models need the timm package, which {sys.executable} cannot import; install it with: "
+            f"{sys.executable} -m pip install timm (in this project's checkout: pip install -e '.[timm]')"
+        ) from None
+    return timm
+
+
+def _timm_model(spec: dict[str, Any]) -> nn.Module:
+    """``timm.create_model(name, pretrained=False, num_classes=..., **kwargs)``: weights come from the MAR."""
+    timm = import_timm()
+    name = spec.get("name")
+    if not isinstance(name, str) or not timm.is_model(name):
+        raise ModelLoadError(f"unknown timm model {name!r} (timm {timm.__version__}); see timm.list_models()")
+    kwargs = spec.get("kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise ModelLoadError(f"gradcam.model.kwargs must be a mapping of timm.create_model arguments, got {kwargs!r}")
+    num_classes = int(spec.get("num_classes", 1000))
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+    except Exception as error:  # noqa: BLE001 - a model constructor may raise anything
+        raise ModelLoadError(
+            f"timm.create_model({name!r}, num_classes={num_classes}, **{kwargs!r}) failed: {type(error).__name__}: "
+            f"{error}"
+        ) from None
 
 
 class ModelClassError(ModelLoadError):
@@ -147,6 +184,8 @@ def build_model(spec: dict[str, Any], model_dir: str, state: dict[str, torch.Ten
         model = _torchvision_model(spec, state)
     elif builder == "file":
         model = _file_model(spec, model_dir)
+    elif builder == "timm":
+        model = _timm_model(spec)
     else:
         raise ModelLoadError(f"gradcam.model.builder {builder!r} is not one of {', '.join(BUILDERS)}")
     if state is not None:

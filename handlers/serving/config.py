@@ -27,6 +27,15 @@ LIMIT_DEFAULTS: dict[str, int | float] = {
 }
 
 
+def model_builder(yaml_config: Any) -> str | None:
+    """The ``gradcam.model.builder`` a model config names, read before (and without) validating the rest,
+    so the worker can check the packages that builder needs before it imports any of them."""
+    section = yaml_config.get(CONFIG_KEY) if isinstance(yaml_config, dict) else None
+    model = section.get("model") if isinstance(section, dict) else None
+    builder = model.get("builder") if isinstance(model, dict) else None
+    return builder if isinstance(builder, str) else None
+
+
 def _limit(section: dict[str, Any], key: str) -> Any:
     """The value of limit ``key`` in ``section`` (or its default), validated."""
     default = LIMIT_DEFAULTS[key]

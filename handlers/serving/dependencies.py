@@ -7,6 +7,9 @@ file is no cure: it installs with ``pip install -t <model dir>``, which puts a f
 restarts the worker forever while requests wait and /ping still says Healthy. So the worker
 loads a stand-in that logs one line naming what is missing and the command that installs it,
 and answers every request at once with a 503 that says the same.
+
+Some packages only some MARs need (timm, for timm models): they are checked when such a
+model loads (the builder is in its model config), so the other MARs never require them.
 """
 
 from __future__ import annotations
@@ -28,6 +31,11 @@ WORKER_PACKAGES = {
     "PIL": "pillow",
     "yaml": "pyyaml",
 }
+# Needed only by the MARs whose model builder (gradcam.model.builder) names them:
+# builder -> {import name: pip name}
+MODEL_PACKAGES = {
+    "timm": {"timm": "timm"},
+}
 
 
 def _importable(module: str) -> bool:
@@ -37,9 +45,10 @@ def _importable(module: str) -> bool:
         return False
 
 
-def missing_packages() -> list[str]:
-    """pip names of the worker packages this Python cannot import."""
-    return [pip_name for module, pip_name in WORKER_PACKAGES.items() if not _importable(module)]
+def missing_packages(builder: str | None = None) -> list[str]:
+    """pip names of the worker packages this Python cannot import, with those of ``builder``'s models."""
+    needed = {**WORKER_PACKAGES, **MODEL_PACKAGES.get(builder or "", {})}
+    return [pip_name for module, pip_name in needed.items() if not _importable(module)]
 
 
 def missing_message(missing: list[str]) -> str:
@@ -53,8 +62,8 @@ def missing_message(missing: list[str]) -> str:
 class MissingPackagesHandler:
     """Stands in for the handler when packages are missing: every request gets a 503 naming them."""
 
-    def __init__(self) -> None:
-        self.message = missing_message(missing_packages())
+    def __init__(self, missing: list[str] | None = None) -> None:
+        self.message = missing_message(missing_packages() if missing is None else missing)
 
     def initialize(self, context: Any) -> None:
         """Log the problem once per worker, where operators look."""

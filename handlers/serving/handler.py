@@ -22,8 +22,9 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from ..engine import METHODS, Job, MethodError, SampleResult
 from ..preprocess import Preprocessor
-from .config import LIMIT_DEFAULTS
+from .config import LIMIT_DEFAULTS, model_builder
 from .decode import DecodeLimits, decode_image
+from .dependencies import MissingPackagesHandler, missing_packages
 from .errors import RequestError, bad_request
 from .loading import load_served_model
 from .options import FORMATS, RequestOptions
@@ -90,8 +91,17 @@ def _too_large(size: int, limit: int, options: RequestOptions) -> RequestError:
 class GradCamHandler(BaseHandler):
     """Image classification with Grad-CAM / Guided Grad-CAM attached to every prediction."""
 
+    # Set at load when a package only this MAR's model needs (timm) is missing: it answers instead.
+    stand_in: MissingPackagesHandler | None = None
+
     def initialize(self, context: Any) -> None:
         self.context = context
+        missing = missing_packages(model_builder(context.model_yaml_config))
+        if missing:  # a failed load would crash-loop the worker: load, and say what to install
+            self.stand_in = MissingPackagesHandler(missing)
+            self.stand_in.initialize(context)
+            self.initialized = True
+            return
         properties = context.system_properties
         gpu_id = properties.get("gpu_id")
         self.device = torch.device(f"cuda:{gpu_id}" if torch.cuda.is_available() and gpu_id is not None else "cpu")
@@ -242,6 +252,8 @@ class GradCamHandler(BaseHandler):
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[bytes]:
         """Entry point for every batch; always one answer per request (a description when asked)."""
+        if self.stand_in is not None:
+            return self.stand_in.handle(data, context)
         start = time.perf_counter()
         self.context = context
         if context.get_request_header(0, "describe") == "True":
