@@ -22,7 +22,7 @@ from handlers.inspection.synthetic import preprocess
 
 pytestmark = pytest.mark.integration
 
-CONTRACT_KEYS = {"method", "target", "layer", "shape", "heatmap", "format"}
+CONTRACT_KEYS = {"class_specific", "resolution", "method", "target", "layer", "shape", "heatmap", "format"}
 
 
 def post(server, body, model="inspection", endpoint="predictions", **kwargs) -> requests.Response:
