@@ -87,6 +87,18 @@ class _HideTimm:
         return None
 
 
+def test_the_timm_kind_without_timm_says_what_to_install(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "meta_path", [_HideTimm(), *sys.meta_path])
+    monkeypatch.delitem(sys.modules, "timm")
+    (tmp_path / "w.pth").write_bytes(b"")
+    with pytest.raises(SystemExit) as stopped:
+        archive.main(["timm", "--model", MODEL, "--weights", str(tmp_path / "w.pth")])
+    assert stopped.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert f"install it with: {sys.executable} -m pip install timm" in err
+
+
 def test_a_server_without_timm_names_it_for_timm_mars_only(deit_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "meta_path", [_HideTimm(), *sys.meta_path])
     monkeypatch.delitem(sys.modules, "timm")  # imported by this test module; a fresh worker has not
