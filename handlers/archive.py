@@ -190,7 +190,10 @@ def _timm_size(args: argparse.Namespace, kwargs: dict[str, Any], config: dict[st
     if args.input_size:
         return int(args.input_size)
     size = kwargs.get("img_size", config["input_size"][1:])
-    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    sides = [size, size] if isinstance(size, int) else size
+    if not isinstance(sides, (list, tuple)) or len(sides) != 2 or not all(type(side) is int for side in sides):
+        raise UsageError("--model-kwargs", f"img_size must be a whole number or [height, width], got {size!r}")
+    height, width = sides
     if height != width:
         raise UsageError("--input-size", f"{args.model} takes {height} x {width} inputs; give a square --input-size")
     return int(height)
