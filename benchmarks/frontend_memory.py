@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import re
 import tempfile
 import threading
@@ -44,7 +43,7 @@ from PIL import Image
 from benchmarks.report import machine, table
 from benchmarks.server import REPO, private_config
 from handlers.archive import main as archive_main
-from handlers.testing.torchserve import TorchServe
+from handlers.testing.torchserve import JVM_OVERHEAD, TorchServe, frontend_rss_bound, java_process, start_with_tokens
 
 PROD_CONFIG = REPO / "config.prod.properties"
 RESULTS = REPO / "benchmarks" / "RESULTS-frontend.md"
@@ -53,9 +52,6 @@ SAMPLE = REPO / "handlers" / "inspection" / "samples" / "scratch.png"
 MIB = 2**20
 MAX_UPLOADS = 1000  # threads of one burst; a bound on the client as much as on the server
 GUARD_AVAILABLE = 4 * 2**30  # stop a run when the machine has less than this available
-# JVM memory outside heap and direct buffers: metaspace, code cache, thread stacks, GC
-# structures, malloc arenas (measured: ~240 MB at rest with a small heap).
-JVM_OVERHEAD = 320 * MIB
 SECTION = "Frontend memory under concurrent large uploads"
 
 
@@ -84,56 +80,13 @@ def memory_settings(path: Path) -> dict[str, str]:
     return {key: pairs[key].strip() for key in (*MEMORY_KEYS, "max_request_size") if key in pairs}
 
 
-def jvm_size(vmargs: str, flag: str) -> int | None:
-    """Bytes of a JVM size option such as ``-Xmx768m`` or ``-XX:MaxDirectMemorySize=256m`` in ``vmargs``."""
-    match = re.search(re.escape(flag) + r"(\d+)([kKmMgG]?)", vmargs)
-    if not match:
-        return None
-    scale = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}[match.group(2).lower()]
-    return int(match.group(1)) * scale
-
-
-def predicted_bound(settings: dict[str, str]) -> int | None:
-    """The sizing rule's RSS bound: heap cap + direct-memory cap + JVM overhead (None: unbounded)."""
-    vmargs = settings.get("vmargs", "")
-    heap, direct = jvm_size(vmargs, "-Xmx"), jvm_size(vmargs, "-XX:MaxDirectMemorySize=")
-    if heap is None or direct is None:
-        return None
-    return heap + direct + JVM_OVERHEAD
-
-
-def read_keys(key_file: Path, timeout: float = 120) -> dict[str, str]:
-    """The token keys TorchServe writes into its working directory at start-up."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return {kind: entry["key"] for kind, entry in json.loads(key_file.read_text()).items()}
-        except (OSError, ValueError, KeyError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-
-
-def java_process(server: TorchServe, timeout: float = 60) -> psutil.Process:
-    """The Java frontend: the ``java`` process in the server's own process tree."""
-    assert server.process is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for child in psutil.Process(server.process.pid).children(recursive=True):
-            if child.name() == "java":
-                return child
-        time.sleep(0.2)
-    raise RuntimeError("no java process under the TorchServe launcher")
-
-
 @contextmanager
 def prod_server(store: Path, workdir: Path, base_config: Path) -> Iterator[TorchServe]:
     """TorchServe from ``base_config`` (token auth on) on private loopback ports; ``keys`` set."""
-    server = TorchServe(store, {"inspection": "inspection.mar"}, workdir, private_config(), base_config)
-    server.start(wait_ready=False)
+    server = start_with_tokens(
+        TorchServe(store, {"inspection": "inspection.mar"}, workdir, private_config(), base_config)
+    )
     try:
-        server.keys = read_keys(workdir / "key_file.json")
-        server.wait_ready(300, headers={"Authorization": f"Bearer {server.keys['management']}"})
         yield server
     finally:
         server.stop()
@@ -253,7 +206,7 @@ class Row:
     )
 
     def cells(self) -> list[str]:
-        bound = predicted_bound(self.settings)
+        bound = frontend_rss_bound(self.settings)
         statuses = " / ".join(str(self.outcomes.get(k, 0)) for k in ("200", "4xx", "5xx", "conn"))
         if self.aborted:
             statuses += f" (stopped: machine memory low; {self.outcomes.get('skipped', 0)} not sent)"

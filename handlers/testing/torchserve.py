@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -16,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import requests
 
 TORCHSERVE = Path(sys.executable).parent / "torchserve"
@@ -188,3 +190,51 @@ class TorchServe:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def start_with_tokens(server: TorchServe, timeout: float = 300) -> TorchServe:
+    """Start ``server`` whose config turns token authorization on: its keys read, its workers ready."""
+    server.start(wait_ready=False)
+    try:
+        server.keys = read_keys(server.workdir / "key_file.json")
+        server.wait_ready(timeout, headers=bearer(server.keys["management"]))
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def java_process(server: TorchServe, timeout: float = 60) -> psutil.Process:
+    """The Java frontend: the ``java`` process in the server's own process tree."""
+    assert server.process is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for child in psutil.Process(server.process.pid).children(recursive=True):
+            if child.name() == "java":
+                return child
+        time.sleep(0.2)
+    raise RuntimeError("no java process under the TorchServe launcher")
+
+
+# Metaspace, code cache, threads and GC structures of TorchServe's frontend, on top of its
+# heap and direct-memory caps (measured: benchmarks/frontend_memory.py).
+JVM_OVERHEAD = 320 * 2**20
+
+
+def jvm_size(vmargs: str, flag: str) -> int | None:
+    """Bytes of a JVM size option such as ``-Xmx768m`` or ``-XX:MaxDirectMemorySize=256m`` in ``vmargs``."""
+    match = re.search(re.escape(flag) + r"(\d+)([kKmMgG]?)", vmargs)
+    if not match:
+        return None
+    scale = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}[match.group(2).lower()]
+    return int(match.group(1)) * scale
+
+
+def frontend_rss_bound(settings: dict[str, str]) -> int | None:
+    """The sizing rule's bound on the frontend's RSS: heap cap + direct-memory cap + JVM overhead
+    (None when the config leaves either unbounded)."""
+    vmargs = settings.get("vmargs", "")
+    heap, direct = jvm_size(vmargs, "-Xmx"), jvm_size(vmargs, "-XX:MaxDirectMemorySize=")
+    if heap is None or direct is None:
+        return None
+    return heap + direct + JVM_OVERHEAD

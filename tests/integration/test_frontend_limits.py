@@ -10,12 +10,19 @@ import time
 from collections import Counter
 
 import numpy as np
-import psutil
 import pytest
 import requests
 from PIL import Image
 
-from handlers.testing.torchserve import PROD_CONFIG, TorchServe, bearer, read_keys, read_properties
+from handlers.testing.torchserve import (
+    PROD_CONFIG,
+    TorchServe,
+    bearer,
+    frontend_rss_bound,
+    java_process,
+    read_properties,
+    start_with_tokens,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -23,40 +30,27 @@ pytestmark = pytest.mark.integration
 # Netty's direct cap (64 x 5.9 MB < 768 MB): past the cap uploads fail as a whole
 # (benchmarks/RESULTS-frontend.md).
 UPLOADS = 64
-JVM_OVERHEAD = 320 * 2**20  # metaspace, code cache, threads, GC structures (benchmarks/frontend_memory.py)
-
-
-def jvm_bytes(vmargs: str, flag: str) -> int:
-    """Bytes of ``flag<size>`` (e.g. ``-Xmx768m``) in ``vmargs``; fails the test when absent."""
-    word = next(w for w in vmargs.split() if w.startswith(flag))
-    size = word[len(flag) :]
-    scale = {"k": 2**10, "m": 2**20, "g": 2**30}.get(size[-1].lower(), 1)
-    return int(size.rstrip("kKmMgG")) * scale
 
 
 def rss_bound() -> int:
     """The sizing rule's bound on the frontend's RSS for config.prod.properties."""
-    vmargs = read_properties(PROD_CONFIG)["vmargs"]
-    return jvm_bytes(vmargs, "-Xmx") + jvm_bytes(vmargs, "-XX:MaxDirectMemorySize=") + JVM_OVERHEAD
+    bound = frontend_rss_bound(read_properties(PROD_CONFIG))
+    assert bound is not None, "config.prod.properties must bound the JVM's heap and direct memory"
+    return bound
 
 
 @pytest.fixture(scope="module")
 def limited_server(model_store, tmp_path_factory):
     """config.prod.properties as it is (token auth, memory limits), on private loopback ports."""
-    server = TorchServe(
-        model_store, {"inspection": "inspection.mar"}, tmp_path_factory.mktemp("limits"), base_config=PROD_CONFIG
-    ).start(wait_ready=False)
+    server = start_with_tokens(
+        TorchServe(
+            model_store, {"inspection": "inspection.mar"}, tmp_path_factory.mktemp("limits"), base_config=PROD_CONFIG
+        )
+    )
     try:
-        server.keys = read_keys(server.workdir / "key_file.json")
-        server.wait_ready(180, headers=bearer(server.keys["management"]))
         yield server
     finally:
         server.stop()
-
-
-def java_of(server: TorchServe) -> psutil.Process:
-    assert server.process is not None
-    return next(p for p in psutil.Process(server.process.pid).children(recursive=True) if p.name() == "java")
 
 
 def large_png(side: int = 1400) -> bytes:
@@ -75,7 +69,7 @@ def test_prod_config_sets_memory_limits():
 
 
 def test_burst_of_large_uploads_keeps_frontend_rss_bounded(limited_server, samples):
-    java = java_of(limited_server)
+    java = java_process(limited_server)
     body, url = large_png(), f"{limited_server.url()}/predictions/inspection"
     headers = {**bearer(limited_server.keys["inference"]), "Content-Type": "image/png"}
     peak, lock = java.memory_info().rss, threading.Lock()

@@ -5,19 +5,19 @@ from __future__ import annotations
 import pytest
 import requests
 
-from handlers.testing.torchserve import PROD_CONFIG, TorchServe, bearer, read_keys
+from handlers.testing.torchserve import PROD_CONFIG, TorchServe, bearer, start_with_tokens
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def prod_server(model_store, tmp_path_factory):
-    server = TorchServe(
-        model_store, {"inspection": "inspection.mar"}, tmp_path_factory.mktemp("prod"), base_config=PROD_CONFIG
-    ).start(wait_ready=False)
+    server = start_with_tokens(
+        TorchServe(
+            model_store, {"inspection": "inspection.mar"}, tmp_path_factory.mktemp("prod"), base_config=PROD_CONFIG
+        )
+    )
     try:
-        server.keys = read_keys(server.workdir / "key_file.json")
-        server.wait_ready(180, headers=bearer(server.keys["management"]))
         yield server
     finally:
         server.stop()
