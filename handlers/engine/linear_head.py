@@ -28,13 +28,13 @@ class LinearHead:
     weight: torch.Tensor  # K x C
 
     def gradient(self, targets: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
-        """d logit[target] / dA for each (target, map) pair: W[target, k] / HW at every cell.
+        """d logit[target] / dA for each (target, map) pair: W[target, k] / HW, the same at every cell.
 
-        A broadcast view of M x C weights, the shape of ``activations`` (M x C x h x w): no copy.
+        M x C x 1 x 1: it broadcasts against the M x C x h x w activations, so the variants'
+        formulas work on it without a full-size gradient.
         """
         area = activations.shape[2] * activations.shape[3]
-        weights = self.weight[targets].to(activations.dtype) / area
-        return weights[:, :, None, None].expand_as(activations)
+        return (self.weight[targets].to(activations.dtype) / area)[:, :, None, None]
 
 
 def _head(model: nn.Module, layer: nn.Module, example: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,8 @@ class GradientCam(Method):
     passes = "1 forward; + 1 head-only backward per target depth unless the head is pool + linear"
 
     def combine(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
-        """M x h x w map before the ReLU, from M x C x h x w activations and gradients."""
+        """M x h x w map before the ReLU, from M x C x h x w activations and gradients (M x C x 1 x 1
+        on the pool + linear path, where the gradient is the same at every cell)."""
         raise NotImplementedError
 
     def run(self, model: ExplainedModel, images: torch.Tensor, resolve: Resolver, params: MethodParams) -> MethodOutput:
@@ -108,7 +109,8 @@ class GradCamPlusPlus(GradientCam):
         sums = activations.sum(dim=(2, 3), keepdim=True)
         alpha = squared / (2 * squared + sums * squared * gradients + _EPS_PLUSPLUS)
         alpha = torch.where(gradients != 0, alpha, torch.zeros_like(alpha))
-        weights = (torch.relu(gradients) * alpha).sum(dim=(2, 3), keepdim=True)
+        area = activations.shape[2] * activations.shape[3]  # a sum over cells, also of a 1 x 1 gradient
+        weights = (torch.relu(gradients) * alpha).mean(dim=(2, 3), keepdim=True) * area
         return (weights * activations).sum(dim=1)
 
 
