@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -109,8 +109,17 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def train(config: TrainConfig, out: Path) -> dict:
-    """Generate data, train, evaluate on the held-out set, save weights and report; returns the report."""
+def train(
+    config: TrainConfig,
+    out: Path,
+    build: Callable[[int], nn.Module] = InspectionNet,
+    architecture: Mapping[str, object] | None = None,
+) -> dict:
+    """Generate data, train, evaluate on the held-out set, save weights and report; returns the report.
+
+    ``build(num_classes)`` makes the untrained network (the CNN by default; ``vit.py`` passes
+    its ViT), right after torch is seeded; ``architecture`` is recorded in the report as is.
+    """
     started = time.perf_counter()
     make_deterministic(config.train_seed)
     train_images, train_labels = load_split(config.train_size, config.train_seed)
@@ -118,7 +127,7 @@ def train(config: TrainConfig, out: Path) -> dict:
     data_seconds = time.perf_counter() - started
     logger.info("generated %d train + %d test images in %.1f s", config.train_size, config.test_size, data_seconds)
 
-    model = InspectionNet(len(CLASSES))
+    model = build(len(CLASSES))
     fit(model, train_images, train_labels, config)
     train_seconds = time.perf_counter() - started - data_seconds
     confusion = confusion_matrix(model, test_images, test_labels)
@@ -132,6 +141,7 @@ def train(config: TrainConfig, out: Path) -> dict:
         "mean": list(MEAN),
         "std": list(STD),
         **asdict(config),
+        **({"architecture": dict(architecture)} if architecture else {}),
         "parameters": sum(p.numel() for p in model.parameters()),
         "test_accuracy": confusion.trace().item() / config.test_size,
         "confusion_matrix": confusion.tolist(),
