@@ -1,7 +1,8 @@
 """``python -m handlers.evaluation``: measure the explanations and write docs/evaluation.md.
 
 Runs the reference agreement on every subject, the localisation metrics and the
-randomisation test on the default model, draws the example pictures, then writes the
+randomisation test on the default model, draws the example pictures, scores the ViT of
+``inspection/vit.py`` on the same images (default layer and layer by layer), then writes the
 report. Seeded throughout; a few minutes on 2 CPU cores.
 """
 
@@ -15,8 +16,9 @@ from pathlib import Path
 
 import torch
 
+from ..engine import Explainer
 from ..engine.methods import METHODS
-from ..inspection import WEIGHTS_FILE
+from ..inspection import INPUT_SIZE, WEIGHTS_FILE
 from ..inspection.synthetic import to_tensor
 from ..inspection.train import sha256_of
 from .agreement import SUBJECTS, agreement
@@ -26,6 +28,7 @@ from .family import FAMILY_SUBJECTS, costly, family_agreement
 from .localisation import COSTLY_PARAMS, DEFECTS, family_localisation, localisation
 from .report import Setup, render_report
 from .sanity import randomisation_test
+from .transformer import evaluate_vit, vit_training_report
 
 logger = logging.getLogger(__name__)
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -68,10 +71,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     limit = {name: COSTLY_SANITY_IMAGES for name, method in METHODS.items() if costly(method)}
     steps = randomisation_test(model, to_tensor([s.image for s in sanity]), params=COSTLY_PARAMS, limit=limit)
     written = write_examples(model, pick_examples(samples, outcome), args.images)
+    vit = evaluate_vit(samples, vit_training_report())
 
-    setup = Setup(EVALUATION_SEED, COUNTS, len(sanity), sha256_of(WEIGHTS_FILE))
+    explainer = Explainer(model, (INPUT_SIZE, INPUT_SIZE))
+    grid = "x".join(map(str, explainer.explained.layers[explainer.layer_name].shape[2:]))
+    setup = Setup(EVALUATION_SEED, COUNTS, len(sanity), sha256_of(WEIGHTS_FILE), explainer.layer_name, grid)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    page = render_report(agreements, family, outcome, scores, steps, written, setup, args.out)
+    page = render_report(agreements, family, outcome, scores, steps, written, setup, args.out, vit)
     args.out.write_text(page + "\n", encoding="utf-8")
     logger.info(
         "wrote %s and %d pictures in %s in %.0f s",

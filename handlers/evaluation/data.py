@@ -1,7 +1,7 @@
 """The default model with its committed weights, and held-out generated images for it.
 
 Held-out means generated from seeds that ``train.py`` never used: the training and test
-seeds recorded in inspection.json are refused here.
+seeds recorded in inspection.json and inspection_vit.json are refused here.
 """
 
 from __future__ import annotations
@@ -15,15 +15,19 @@ import torch
 from ..inspection import WEIGHTS_FILE
 from ..inspection.network import InspectionNet
 from ..inspection.synthetic import KINDS, Sample, render, to_tensor
+from ..inspection.vit import VIT_WEIGHTS_FILE
 
 EVALUATION_SEED = 31  # the report's held-out set
 TEST_SEED = 4242  # the tests' smaller held-out set
 
 
 def training_seeds() -> set[int]:
-    """The seeds train.py generated the committed weights' training and test data from."""
-    report = json.loads(WEIGHTS_FILE.with_suffix(".json").read_text())
-    return {int(report["train_seed"]), int(report["test_seed"])}
+    """The seeds the committed weights' training and test data came from (the CNN's and the ViT's)."""
+    seeds = set()
+    for weights in (WEIGHTS_FILE, VIT_WEIGHTS_FILE):
+        report = json.loads(weights.with_suffix(".json").read_text())
+        seeds |= {int(report["train_seed"]), int(report["test_seed"])}
+    return seeds
 
 
 def default_model() -> InspectionNet:

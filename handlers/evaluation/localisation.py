@@ -188,13 +188,15 @@ class MethodScore:
 def score_method(
     explainer: Explainer, samples: Sequence[Sample], explained: Sequence[str], method: str, params: MethodParams
 ) -> MethodScore:
-    """Pointing game and energy in mask of ``method`` for ``samples``, each at its ``explained`` class.
+    """Pointing game and energy in mask of ``method`` for ``samples``, each at its ``explained`` class
+    (class-agnostic methods draw one map per image, scored the same way).
 
     The region is the tolerance region on the target layer's grid, taken to the map's own
     resolution (so input-resolution maps are scored on the same region, pixel by pixel).
     """
     images = to_tensor([s.image for s in samples])
-    jobs = [Job(method, (CLASSES.index(c),), params=params) for c in explained]
+    class_specific = METHODS[method].class_specific  # a class-agnostic map (EigenCAM) is the same for any class
+    jobs = [Job(method, (CLASSES.index(c),) if class_specific else (), params=params) for c in explained]
     grid = tuple(explainer.explained.layers[explainer.layer_name].shape[2:])
     hits, energy, share = [], [], []
     for sample, result in zip(samples, _explain(explainer, images, jobs), strict=True):

@@ -16,8 +16,10 @@ from .examples import Example
 from .family import FamilyAgreement
 from .localisation import DEFECTS, Localisation, MethodScore
 from .report_family import family_agreement_section, family_localisation_section, family_sanity_section
+from .report_vit import vit_section
 from .sanity import Step
 from .targets import AGREEMENT_TOLERANCE, DISCRIMINATION_TARGET, POINTING_TARGET, SANITY_LIMIT
+from .transformer import ViTEvaluation
 
 _REFERENCES = ("Captum LayerGradCam", "pytorch-grad-cam GradCAM", "Captum GuidedGradCam")
 _METHOD_NAMES = {
@@ -40,6 +42,8 @@ class Setup:
     counts: dict[str, int]
     sanity_images: int
     weights_sha256: str
+    layer: str  # the default model's Grad-CAM layer
+    grid: str  # its map grid, e.g. "16x16"
 
 
 def machine() -> str:
@@ -365,6 +369,7 @@ def render_report(
     written: Sequence[tuple[Path, Example]],
     setup: Setup,
     out: Path,
+    vit: ViTEvaluation,
 ) -> str:
     """The whole page; image links are relative to ``out``'s folder.
 
@@ -392,4 +397,5 @@ def render_report(
         *family_localisation_section(scores),
         *sanity_section(steps, setup),
     ]
-    return "\n".join(header + body + examples_section(written, out.parent))
+    vit_lines = vit_section(vit, outcome, setup.layer, setup.grid)
+    return "\n".join(header + body + examples_section(written, out.parent) + vit_lines)
