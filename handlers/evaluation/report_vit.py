@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .localisation import Localisation, MethodScore
+from .localisation import DEFECTS, Localisation, MethodScore
 from .targets import DISCRIMINATION_TARGET, POINTING_TARGET
 from .transformer import REACH_IMAGES, LayerScore, ViTEvaluation
 
@@ -87,6 +87,24 @@ def _layer_reading(evaluation: ViTEvaluation, cnn: Localisation) -> list[str]:
             "are not zero, not the layer that localises best."
         )
     lines += _method_reading(evaluation)
+    vit_share = float(np.mean([d.region_share for d in evaluation.outcome.defects]))
+    cnn_share = float(np.mean([d.region_share for d in cnn.defects]))
+    if vit_share > cnn_share:
+        lines.append(
+            f"The coarser grid does not explain the misses: the ViT's region covers {vit_share:.1%} of the image on "
+            f"average, the CNN's {cnn_share:.1%}, which makes the pointing game easier for the ViT, not harder."
+        )
+    mixed = evaluation.outcome.mixed
+    if mixed:
+        lines.append(
+            f"On the {len(mixed)} images with both defects: "
+            + "; ".join(
+                f"the `{d}` map is hottest in its own region in {np.mean([m.hits[d] for m in mixed]):.1%} and on "
+                f"the other defect in {np.mean([m.confused[d] for m in mixed]):.1%}"
+                for d in DEFECTS
+            )
+            + "."
+        )
     reached = best.score.pointing_rate >= VIT_POINTING_TARGET
     lines.append(
         f"Grad-CAM on this ViT {'reaches' if reached else 'does not reach'} {VIT_POINTING_TARGET:.0%} at any layer "
@@ -131,8 +149,8 @@ def vit_section(evaluation: ViTEvaluation, cnn: Localisation, cnn_layer: str, cn
         "",
         f"`handlers/inspection/vit.py`: a ViT with a class token, {arch['depth']} pre-norm blocks of width "
         f"{arch['width']} ({arch['heads']} heads, MLP x{arch['mlp_ratio']}), learned position embeddings, a "
-        f"convolutional patch embedding of {len(arch['stem'])} stride-2 stages ({arch['patch']} px patches, a "
-        f"{grid} token grid) and a linear head on the class token; {evaluation.parameters:,} parameters. Trained by "
+        f"convolutional patch embedding of {len(arch['stem'])} stride-2 stages ({arch['patch']} px patches: "
+        f"{grid} tokens) and a linear head on the class token; {evaluation.parameters:,} parameters. Trained by "
         f"`python -m handlers.inspection.vit` on the CNN's data and seeds ({t['train_size']} images, "
         f"{t['epochs']} epochs, AdamW lr {t['lr']:g}, weight decay {t['weight_decay']:g}; training report "
         f"`handlers/inspection/inspection_vit.json`, weights sha256 `{t['weights_sha256']}`): "
@@ -149,7 +167,13 @@ def vit_section(evaluation: ViTEvaluation, cnn: Localisation, cnn_layer: str, cn
         _model_row("ViT `inspection_vit`", evaluation.default_layer, grid, evaluation.outcome),
         "",
         f"Targets: pointing game {POINTING_TARGET:.0%} for the CNN, {VIT_POINTING_TARGET:.0%} asked of the ViT; "
-        f"class discrimination {DISCRIMINATION_TARGET:.0%}.",
+        f"class discrimination {DISCRIMINATION_TARGET:.0%}. The ViT's Grad-CAM pointing game by defect: "
+        + ", ".join(
+            f"{kind} {_rate(sum(d.gradcam_hit for d in group), len(group))}"
+            for kind in DEFECTS
+            for group in [[d for d in evaluation.outcome.defects if d.kind == kind]]
+        )
+        + ".",
         "",
         f"### Other methods at the ViT's default layer `{evaluation.default_layer}`",
         "",
