@@ -35,6 +35,9 @@ class Settings:
     thread_models: tuple[str, ...]
     thread_concurrency: int
     thread_rounds: int
+    # Section 6 (vision transformers): interleaved rounds per model.
+    transformer_models: tuple[str, ...]
+    transformer_rounds: int
 
 
 FULL = Settings(
@@ -58,6 +61,8 @@ FULL = Settings(
     thread_models=("inspection", "resnet50"),
     thread_concurrency=16,
     thread_rounds=2,
+    transformer_models=("vit_b_16", "swin_t"),
+    transformer_rounds=4,
 )
 
 QUICK = Settings(
@@ -81,4 +86,6 @@ QUICK = Settings(
     thread_models=("inspection",),
     thread_concurrency=8,
     thread_rounds=1,
+    transformer_models=("swin_t",),
+    transformer_rounds=1,
 )
