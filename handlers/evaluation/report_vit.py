@@ -105,6 +105,7 @@ def _layer_reading(evaluation: ViTEvaluation, cnn: Localisation) -> list[str]:
             )
             + "."
         )
+    lines += _sign_reading(evaluation)
     reached = best.score.pointing_rate >= VIT_POINTING_TARGET
     lines.append(
         f"Grad-CAM on this ViT {'reaches' if reached else 'does not reach'} {VIT_POINTING_TARGET:.0%} at any layer "
@@ -112,6 +113,30 @@ def _layer_reading(evaluation: ViTEvaluation, cnn: Localisation) -> list[str]:
         f"{cnn.pointing_rate:.1%} against a bar of {POINTING_TARGET:.0%})."
     )
     return lines
+
+
+def _sign_table(evaluation: ViTEvaluation) -> list[str]:
+    return [
+        f"| {c.kind} | {c.images} | {c.positive:.1%} | {c.negative:.1%} | {c.gradient:.1%} |" for c in evaluation.signs
+    ]
+
+
+def _sign_reading(evaluation: ViTEvaluation) -> list[str]:
+    """Where the signed map says the misses come from, for the kinds whose negative part points better."""
+    flipped = [c for c in evaluation.signs if c.negative > c.positive]
+    if not flipped:
+        return []
+    return [
+        "The table below: for "
+        + ", ".join(f"{c.kind} ({c.negative:.1%} negative, {c.positive:.1%} positive)" for c in flipped)
+        + " it is the negative part of the signed Grad-CAM map that lies on the defect, and the per-cell gradient "
+        "norm points there in "
+        + ", ".join(f"{c.gradient:.1%}" for c in flipped)
+        + ". A LayerNorm's tokens are signed (a CNN's post-ReLU features are not), so a token that carries the "
+        "evidence can score negative on the mean-gradient channel weights, and Grad-CAM's ReLU drops it: the misses "
+        f"on {' and '.join(c.kind for c in flipped)} images come from the sign convention Grad-CAM takes from CNNs, "
+        "not from maps without information."
+    ]
 
 
 def _method_reading(evaluation: ViTEvaluation) -> list[str]:
@@ -193,6 +218,16 @@ def vit_section(evaluation: ViTEvaluation, cnn: Localisation, cnn_layer: str, cn
         *_layer_rows(evaluation.layers, evaluation.default_layer, evaluation.best_layer.layer),
         "",
         *_layer_reading(evaluation, cnn),
+        "",
+        f"### Grad-CAM's sign at `{evaluation.default_layer}`",
+        "",
+        "Grad-CAM before its ReLU (sum over channels of the mean-gradient weight x the activation), on the same "
+        "single-defect images: where its positive part (Grad-CAM), its negative part and the per-cell gradient "
+        "norm peak (pointing game). The first column reproduces the table above.",
+        "",
+        "| defect | images | ReLU(+map): Grad-CAM | ReLU(-map) | gradient norm |",
+        "|---|---|---|---|---|",
+        *_sign_table(evaluation),
         "",
     ]
     return lines

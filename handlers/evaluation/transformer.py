@@ -16,6 +16,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -23,13 +24,15 @@ from ..engine import Explainer, MethodParams, TargetLayerError
 from ..inspection import CLASSES, INPUT_SIZE
 from ..inspection.synthetic import Sample, to_tensor
 from ..inspection.vit import VIT_WEIGHTS_FILE, InspectionViT, load_vit
-from .localisation import Localisation, MethodScore, localisation, score_method
+from .localisation import DEFECTS, Localisation, MethodScore, localisation, score_method
+from .maps import points_into, tolerance_region
 
 logger = logging.getLogger(__name__)
 
 # The gradient-CAM methods scored on the ViT at its default layer, and EigenCAM (class-agnostic).
 VIT_METHODS = ("gradcam", "hirescam", "gradcam_plusplus", "xgradcam", "layercam", "eigencam")
 REACH_IMAGES = 50  # images for the largest patch-token gradient of each layer (0 is 0 on any image)
+_CHUNK = 100  # images per forward + backward of the sign check, to bound memory
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,22 @@ class LayerScore:
 
 
 @dataclass(frozen=True)
+class SignCheck:
+    """Grad-CAM's signed map (before its ReLU) at the default layer, on the images of one defect kind.
+
+    Pointing-game rates of ReLU(+map) (Grad-CAM itself), of ReLU(-map), and of the per-cell
+    gradient norm |d score / d token|: whether the evidence is in the gradient but on the
+    side of the sign that Grad-CAM's ReLU drops.
+    """
+
+    kind: str
+    images: int
+    positive: float
+    negative: float
+    gradient: float
+
+
+@dataclass(frozen=True)
 class ViTEvaluation:
     """Everything the report says about the ViT: its training report, default layer and scores."""
 
@@ -58,6 +77,7 @@ class ViTEvaluation:
     outcome: Localisation  # Grad-CAM at the default layer (and Guided Grad-CAM), as for the CNN
     methods: tuple[MethodScore, ...]  # VIT_METHODS at the default layer
     layers: tuple[LayerScore, ...]
+    signs: tuple[SignCheck, ...]
 
     @property
     def best_layer(self) -> LayerScore:
@@ -93,6 +113,56 @@ def patch_reach(model: nn.Module, layer: nn.Module, images: torch.Tensor, target
     return max(found)
 
 
+def signed_gradcam(
+    model: nn.Module, layer: nn.Module, images: torch.Tensor, targets: Sequence[int], grid: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grad-CAM before its ReLU (sum over channels of mean-gradient weight x activation) and the
+    per-cell gradient norm, both N x h x w, for a token layer with one class token."""
+    kept: dict[str, torch.Tensor] = {}
+
+    def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        kept["activations"] = output.detach()
+        output.register_hook(lambda grad: kept.__setitem__("gradients", grad))
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        with torch.enable_grad():
+            logits = model(images.clone().requires_grad_(True))
+            logits.gather(1, torch.tensor(targets)[:, None]).sum().backward()
+    finally:
+        handle.remove()
+    shape = (len(images), *grid, -1)
+    activations = kept["activations"][:, 1:].reshape(shape)
+    gradients = kept["gradients"][:, 1:].reshape(shape)
+    signed = (gradients.mean(dim=(1, 2), keepdim=True) * activations).sum(-1)
+    return signed, gradients.norm(dim=-1)
+
+
+def sign_checks(
+    model: nn.Module, layer: nn.Module, samples: Sequence[Sample], explained: Sequence[str], grid: tuple[int, int]
+) -> tuple[SignCheck, ...]:
+    """Per defect kind, where ReLU(+signed Grad-CAM), ReLU(-signed Grad-CAM) and the gradient norm point."""
+    rows: dict[str, list[tuple[bool, bool, bool]]] = {kind: [] for kind in DEFECTS}
+    for start in range(0, len(samples), _CHUNK):
+        chunk = samples[start : start + _CHUNK]
+        targets = [CLASSES.index(c) for c in explained[start : start + _CHUNK]]
+        signed, norm = signed_gradcam(model, layer, to_tensor([s.image for s in chunk]), targets, grid)
+        for sample, plus, magnitude in zip(chunk, signed, norm, strict=True):
+            region = tolerance_region(sample.masks[sample.kind], grid)
+            rows[sample.kind].append(
+                (
+                    points_into(torch.relu(plus), region),
+                    points_into(torch.relu(-plus), region),
+                    points_into(magnitude, region),
+                )
+            )
+    return tuple(
+        SignCheck(kind, len(hits), *(float(np.mean(column)) for column in zip(*hits, strict=True)))
+        for kind, hits in rows.items()
+        if hits  # a kind with no images in ``samples`` has no row
+    )
+
+
 def evaluate_vit(samples: Sequence[Sample], training: dict) -> ViTEvaluation:
     """Score the committed ViT on ``samples`` (the CNN's held-out set) at its default layer and per layer."""
     model = load_vit()
@@ -118,10 +188,10 @@ def evaluate_vit(samples: Sequence[Sample], training: dict) -> ViTEvaluation:
         score = score_method(at_layer, single, explained, "gradcam", MethodParams())
         layers.append(LayerScore(name, role, reach, score, None))
         logger.info("ViT Grad-CAM at %s: pointing game %.1f%%", name, 100 * score.pointing_rate)
-    grid = tuple(explainer.explained.layers[explainer.layer_name].shape[2:])
-    return ViTEvaluation(
-        training, parameters, (grid[0], grid[1]), explainer.layer_name, outcome, methods, tuple(layers)
-    )
+    shape = explainer.explained.layers[explainer.layer_name].shape
+    grid = (int(shape[2]), int(shape[3]))
+    signs = sign_checks(model, explainer.layer, single, explained, grid)
+    return ViTEvaluation(training, parameters, grid, explainer.layer_name, outcome, methods, tuple(layers), signs)
 
 
 def vit_training_report() -> dict:
