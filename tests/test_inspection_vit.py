@@ -18,7 +18,7 @@ import torch
 from handlers.engine import Explainer, TargetLayerError
 from handlers.evaluation.data import TEST_SEED, held_out_samples
 from handlers.evaluation.localisation import Localisation, localisation
-from handlers.evaluation.transformer import patch_reach
+from handlers.evaluation.transformer import patch_reach, sign_checks
 from handlers.inspection import CLASSES, INPUT_SIZE
 from handlers.inspection.synthetic import make_dataset, to_tensor
 from handlers.inspection.train import TrainConfig, fit, make_deterministic
@@ -78,6 +78,15 @@ def test_gradcam_at_the_default_layer_points_at_the_defect_as_measured(outcome: 
     uniform = float(np.mean([d.region_share for d in outcome.defects]))
     assert outcome.pointing_rate >= POINTING_AT_DEFAULT - POINTING_MARGIN, f"{outcome.pointing_rate:.3f}"
     assert outcome.pointing_rate > uniform, (outcome.pointing_rate, uniform)
+
+
+def test_dent_evidence_is_in_the_negative_part_of_the_signed_map(vit: InspectionViT) -> None:
+    """Section 5's sign table: on dents Grad-CAM's ReLU drops the side of the signed map that is on the defect."""
+    samples = held_out_samples({"dent": 20}, TEST_SEED)
+    layer = dict(vit.named_modules())["blocks.3.norm1"]
+    (dent,) = sign_checks(vit, layer, samples, ["dent"] * len(samples), (8, 8))
+    assert dent.images == 20
+    assert dent.negative >= 0.9 and dent.positive <= 0.4, dent
 
 
 def _few_steps() -> dict[str, torch.Tensor]:
