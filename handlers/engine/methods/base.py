@@ -82,6 +82,7 @@ class TargetSlots:
     rows: torch.Tensor  # M, sample index within the group
     targets: torch.Tensor  # M, class index (or channel index, for activations)
     by_depth: tuple[torch.Tensor, ...]  # per depth: positions (into rows/targets) it covers
+    one_per_row: bool = False  # exactly one target per row, in row order: rows is 0..N-1
 
     @classmethod
     def build(cls, targets_per_row: Sequence[Sequence[int]], device: torch.device) -> TargetSlots:
@@ -94,7 +95,8 @@ class TargetSlots:
         depth_ids = torch.tensor(depth_of, dtype=torch.long)
         depth = max((len(t) for t in targets_per_row), default=0)
         by_depth = tuple(torch.nonzero(depth_ids == j).flatten().to(device) for j in range(depth))
-        return cls(_long(rows, device), _long(targets, device), by_depth)
+        one_per_row = rows == list(range(len(targets_per_row)))
+        return cls(_long(rows, device), _long(targets, device), by_depth, one_per_row)
 
     def score(self, logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Sum of these positions' target logits: its gradient gives each row its own target's."""

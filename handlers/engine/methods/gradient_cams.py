@@ -19,11 +19,16 @@ _EPS_PLUSPLUS = 1e-6  # pytorch-grad-cam's constants, so maps agree to float pre
 _EPS_XGRADCAM = 1e-7
 
 
-def _pick_rows(activations: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``activations[rows]``, without a copy in the usual case of one target per image, in order."""
-    if len(rows) == len(activations) and bool((rows == torch.arange(len(rows), device=rows.device)).all()):
-        return activations
-    return activations[rows]
+def weighted_sum(weights: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
+    """sum_k weights[m, k] * A[m, k]: M x h x w, without an M x C x h x w temporary."""
+    return torch.einsum("mc,mchw->mhw", weights.to(activations.dtype), activations)
+
+
+def _cellwise(gradients: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
+    """sum_k G[m, k] * A[m, k] per cell; a gradient that is the same at every cell (1 x 1) is a weight."""
+    if gradients.shape[2:] == (1, 1):
+        return weighted_sum(gradients[:, :, 0, 0], activations)
+    return (gradients * activations).sum(dim=1)
 
 
 class GradientCam(Method):
@@ -43,7 +48,8 @@ class GradientCam(Method):
             with torch.inference_mode(), capture_activation(model.layer, False, model.layout) as capture:
                 logits = model.model(images)
                 slots = TargetSlots.build(resolve(logits), images.device)
-                activations = _pick_rows(capture.take(), slots.rows)
+                activations = capture.take()
+                activations = activations if slots.one_per_row else activations[slots.rows]
                 gradients = head.gradient(slots.targets, activations)
                 maps = torch.relu(self.combine(activations, gradients))
             return MethodOutput(logits, slots, maps)
@@ -66,7 +72,7 @@ class GradCam(GradientCam):
     summary = "Grad-CAM: where the target layer's channels that raise the class score are active"
 
     def combine(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
-        return (gradients.mean(dim=(2, 3), keepdim=True) * activations).sum(dim=1)
+        return weighted_sum(gradients.mean(dim=(2, 3)), activations)
 
 
 class Cam(GradCam):
@@ -95,7 +101,7 @@ class HiResCam(GradientCam):
     summary = "HiResCAM: gradient x activation at each cell, so the map follows what the score used"
 
     def combine(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
-        return (gradients * activations).sum(dim=1)
+        return _cellwise(gradients, activations)
 
 
 class GradCamPlusPlus(GradientCam):
@@ -110,8 +116,8 @@ class GradCamPlusPlus(GradientCam):
         alpha = squared / (2 * squared + sums * squared * gradients + _EPS_PLUSPLUS)
         alpha = torch.where(gradients != 0, alpha, torch.zeros_like(alpha))
         area = activations.shape[2] * activations.shape[3]  # a sum over cells, also of a 1 x 1 gradient
-        weights = (torch.relu(gradients) * alpha).mean(dim=(2, 3), keepdim=True) * area
-        return (weights * activations).sum(dim=1)
+        weights = (torch.relu(gradients) * alpha).mean(dim=(2, 3)) * area
+        return weighted_sum(weights, activations)
 
 
 class XGradCam(GradientCam):
@@ -122,8 +128,8 @@ class XGradCam(GradientCam):
 
     def combine(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         sums = activations.sum(dim=(2, 3), keepdim=True)
-        weights = (gradients * activations / (sums + _EPS_XGRADCAM)).sum(dim=(2, 3), keepdim=True)
-        return (weights * activations).sum(dim=1)
+        weights = (gradients * activations / (sums + _EPS_XGRADCAM)).sum(dim=(2, 3))
+        return weighted_sum(weights, activations)
 
 
 class LayerCam(GradientCam):
@@ -133,4 +139,4 @@ class LayerCam(GradientCam):
     summary = "LayerCAM: positive gradient x activation at each cell, also meaningful at earlier layers"
 
     def combine(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
-        return (torch.relu(gradients) * activations).sum(dim=1)
+        return _cellwise(torch.relu(gradients), activations)
