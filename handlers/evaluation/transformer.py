@@ -96,28 +96,10 @@ def studied_layers(model: InspectionViT) -> list[tuple[str, str]]:
     ]
 
 
-def patch_reach(model: nn.Module, layer: nn.Module, images: torch.Tensor, targets: Sequence[int]) -> float:
-    """Largest |gradient| of the target class scores on ``layer``'s patch tokens (the class token dropped)."""
-    found: list[float] = []
-
-    def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
-        output.register_hook(lambda grad: found.append(float(grad[:, 1:].abs().amax())))
-
-    handle = layer.register_forward_hook(hook)
-    try:
-        with torch.enable_grad():
-            logits = model(images.clone().requires_grad_(True))
-            logits.gather(1, torch.tensor(targets)[:, None]).sum().backward()
-    finally:
-        handle.remove()
-    return max(found)
-
-
-def signed_gradcam(
-    model: nn.Module, layer: nn.Module, images: torch.Tensor, targets: Sequence[int], grid: tuple[int, int]
+def _tokens_and_gradients(
+    model: nn.Module, layer: nn.Module, images: torch.Tensor, targets: Sequence[int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Grad-CAM before its ReLU (sum over channels of mean-gradient weight x activation) and the
-    per-cell gradient norm, both N x h x w, for a token layer with one class token."""
+    """``layer``'s token output (N x T x C) and the gradient of the target class scores on it."""
     kept: dict[str, torch.Tensor] = {}
 
     def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
@@ -131,9 +113,24 @@ def signed_gradcam(
             logits.gather(1, torch.tensor(targets)[:, None]).sum().backward()
     finally:
         handle.remove()
+    return kept["activations"], kept["gradients"]
+
+
+def patch_reach(model: nn.Module, layer: nn.Module, images: torch.Tensor, targets: Sequence[int]) -> float:
+    """Largest |gradient| of the target class scores on ``layer``'s patch tokens (the class token dropped)."""
+    _, gradients = _tokens_and_gradients(model, layer, images, targets)
+    return float(gradients[:, 1:].abs().amax())
+
+
+def signed_gradcam(
+    model: nn.Module, layer: nn.Module, images: torch.Tensor, targets: Sequence[int], grid: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grad-CAM before its ReLU (sum over channels of mean-gradient weight x activation) and the
+    per-cell gradient norm, both N x h x w, for a token layer with one class token."""
+    tokens, token_gradients = _tokens_and_gradients(model, layer, images, targets)
     shape = (len(images), *grid, -1)
-    activations = kept["activations"][:, 1:].reshape(shape)
-    gradients = kept["gradients"][:, 1:].reshape(shape)
+    activations = tokens[:, 1:].reshape(shape)
+    gradients = token_gradients[:, 1:].reshape(shape)
     signed = (gradients.mean(dim=(1, 2), keepdim=True) * activations).sum(-1)
     return signed, gradients.norm(dim=-1)
 
