@@ -40,7 +40,7 @@ from PIL import Image
 from benchmarks.frontend_memory import RESULTS, write_section
 from benchmarks.load import percentile
 from benchmarks.report import machine, table
-from benchmarks.server import REPO, environment, private_config
+from benchmarks.server import REPO, private_config
 from handlers.testing.torchserve import TorchServe
 
 BURST_SIZE = 16
@@ -246,9 +246,15 @@ def main(argv: list[str] | None = None) -> None:
         build_mar(source, store)
         config = {**private_config(), "max_request_size": str(request_limit)}
         dev_config = source / "config.properties"  # the config of the same tree, as `make serve` there
-        server = TorchServe(store, {"inspection": "inspection.mar"}, Path(tmp) / "server", config, dev_config)
-        with environment({"PYTHONPATH": str(source)}):
-            server.start(timeout=300)
+        server = TorchServe(
+            store,
+            {"inspection": "inspection.mar"},
+            Path(tmp) / "server",
+            config,
+            dev_config,
+            {"PYTHONPATH": str(source)},
+        )
+        server.start(timeout=300)
         try:
             url = f"{server.url()}/predictions/inspection"
             reference(url, small, 3.0)  # warm-up: both workers loaded and past their first request

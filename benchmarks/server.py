@@ -11,9 +11,7 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 
 import psutil
@@ -46,21 +44,6 @@ def private_config() -> dict[str, str]:
     }
 
 
-@contextmanager
-def environment(extra: Mapping[str, str]) -> Iterator[None]:
-    """``os.environ`` with ``extra`` set for the duration of the block (for a child's start)."""
-    saved = {key: os.environ.get(key) for key in extra}
-    os.environ.update(extra)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 class BenchServer(TorchServe):
     """TorchServe started with extra environment variables (e.g. OMP_NUM_THREADS=1)."""
 
@@ -73,14 +56,11 @@ class BenchServer(TorchServe):
         env: Mapping[str, str] | None = None,
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
-        super().__init__(model_store, models, workdir, {**private_config(), **(config or {})})
-        self.env = dict(env or {})
+        super().__init__(model_store, models, workdir, {**private_config(), **(config or {})}, env=dict(env or {}))
 
     def start(self, timeout: float = 600.0, wait_ready: bool = True) -> BenchServer:
-        with environment(self.env):
-            super().start(timeout, wait_ready=False)
-        if wait_ready:
-            self.wait_ready(timeout)
+        """Start it; benchmark models may take longer to load than the tests' (a longer default)."""
+        super().start(timeout, wait_ready)
         return self
 
     def model_worker_pids(self, model: str) -> list[int]:
