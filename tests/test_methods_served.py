@@ -41,6 +41,14 @@ def handler(tmp_path_factory) -> GradCamHandler:
     return handler
 
 
+def handler_of(directory, source: str) -> GradCamHandler:
+    """A handler loaded from a MAR of the ``TinyNet`` in ``source`` (seeded random weights)."""
+    handler = GradCamHandler()
+    mar = build_custom_mar(directory, source=source)
+    handler.initialize(load_context(unpack_mar(mar, directory / "model"), "tiny"))
+    return handler
+
+
 def request(method: str, **fields) -> dict:
     return {"body": {"data": base64.b64encode(image_bytes(3)).decode(), "method": method, **fields}}
 
@@ -117,9 +125,7 @@ def test_method_parameters_are_checked_per_request(handler, fields, hint):
 
 
 def test_cam_needs_a_pool_linear_head_and_says_to_use_gradcam(tmp_path):
-    handler = GradCamHandler()
-    mar = build_custom_mar(tmp_path, source=TANH_HEAD_NET)
-    handler.initialize(load_context(unpack_mar(mar, tmp_path / "model"), "tiny"))
+    handler = handler_of(tmp_path, TANH_HEAD_NET)
     statuses, bodies, _ = run_batch(handler, [request("cam"), request("hirescam")])
     assert statuses == [400, 200]
     assert "use 'gradcam'" in bodies[0]["error"]
@@ -142,9 +148,7 @@ GELU_NET = TANH_HEAD_NET.replace("nn.ReLU()", "nn.GELU()")
 
 
 def test_guided_answers_on_a_gelu_model_say_what_the_map_is(tmp_path):
-    handler = GradCamHandler()
-    mar = build_custom_mar(tmp_path, source=GELU_NET)
-    handler.initialize(load_context(unpack_mar(mar, tmp_path / "model"), "tiny"))
+    handler = handler_of(tmp_path, GELU_NET)
     statuses, bodies, _ = run_batch(handler, [request("guided_gradcam"), request("gradcam")])
     assert statuses == [200, 200]
     note = bodies[0]["explanations"][0]["note"]
