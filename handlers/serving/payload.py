@@ -51,6 +51,8 @@ def looks_like_base64(data: bytes) -> bool:
     head = data[:256].lstrip()
     if head.startswith(b"data:") and b"," in head:
         return True
+    if head.translate(None, _BASE64_ALPHABET):  # binary images fail on their first bytes (magic numbers)
+        return False
     return bool(data.strip()) and not data.translate(None, _BASE64_ALPHABET)
 
 
