@@ -48,6 +48,16 @@ class InputSpec:
 # tensor (and the map and overlay drawn on the view) match a full-size decode.
 DECODE_MARGIN = 2
 
+Box = tuple[float, float, float, float]  # (x0, y0, x1, y1) in pixels of an upright image
+
+
+def _crop_offset(side: int, crop: int) -> int:
+    """Where torchvision's centre crop of ``crop`` pixels starts on a ``side``-pixel axis (negative: it pads)."""
+    if crop > side:
+        return -((crop - side) // 2)
+    return round((side - crop) / 2.0)  # Python rounds halves to even, as torchvision does
+
+
 # Past this aspect ratio, resizing the shorter side first would build an enormous image;
 # the centre crop only keeps the middle, so cut the long side down before resizing.
 _MAX_ASPECT = 4.0
@@ -88,6 +98,38 @@ class Preprocessor:
         if spec.crop is not None:
             image = TF.center_crop(image, [spec.crop, spec.crop])
         return image
+
+    def box(self, size: tuple[int, int]) -> Box:
+        """The part of an upright image of ``size`` (width, height) that ``view`` shows the model, as
+        (x0, y0, x1, y1) in that image's pixels: the same long-side cut, resize and centre crop, in numbers.
+
+        It extends past the image where the crop is larger than the resized image (``view`` pads there).
+        """
+        spec = self.spec
+        width, height = size
+        left = top = 0
+        if isinstance(spec.resize, int):
+            short = min(width, height)
+            if max(width, height) > _MAX_ASPECT * short:
+                cut_width, cut_height = min(width, int(_MAX_ASPECT * short)), min(height, int(_MAX_ASPECT * short))
+                left, top = _crop_offset(width, cut_width), _crop_offset(height, cut_height)
+                width, height = cut_width, cut_height
+            long = int(spec.resize * max(width, height) / min(width, height))  # torchvision's shorter-side rule
+            new_width, new_height = (spec.resize, long) if width <= height else (long, spec.resize)
+        else:
+            new_height, new_width = spec.resize
+        scale_x, scale_y = width / new_width, height / new_height  # image pixels per resized pixel
+        crop_x = crop_y = 0
+        seen_width, seen_height = new_width, new_height
+        if spec.crop is not None:
+            crop_x, crop_y = _crop_offset(new_width, spec.crop), _crop_offset(new_height, spec.crop)
+            seen_width = seen_height = spec.crop
+        return (
+            left + crop_x * scale_x,
+            top + crop_y * scale_y,
+            left + (crop_x + seen_width) * scale_x,
+            top + (crop_y + seen_height) * scale_y,
+        )
 
     def tensor(self, view: Image.Image) -> torch.Tensor:
         """Normalised 3 x H x W float tensor of a view."""

@@ -281,10 +281,21 @@ def _shrink(image: Image.Image, target: tuple[int, int] | None) -> Image.Image:
     return image.resize((round(width / factor), round(height / factor)), Image.Resampling.BOX)
 
 
-def decode_image(
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded upload: its RGB image (possibly reduced) and the original's upright (width, height).
+
+    The original size is what explanations are mapped back onto (the answer's ``geometry``).
+    """
+
+    image: Image.Image
+    original_size: tuple[int, int]
+
+
+def decode(
     data: bytes, max_pixels: int, *, reduce_to: tuple[int, int] | None = None, limits: DecodeLimits | None = None
-) -> Image.Image:
-    """RGB image of the first frame, EXIF orientation applied, CPU and memory bounded.
+) -> Decoded:
+    """RGB image of the first frame, EXIF orientation applied, CPU and memory bounded, with the original's size.
 
     ``reduce_to``: (width, height) the upright image may be shrunk to (never below it), e.g.
     ``Preprocessor.decode_size()``; None keeps the full size. ``limits``: JPEG scans and decode
@@ -299,6 +310,7 @@ def decode_image(
         _check_scans(count_jpeg_scans(data), reader.limits, "JPEG")
     image = _open(reader)
     _check_pixels(image, max_pixels)
+    stored_size = image.size  # before draft() may shrink it
     if image.format == "TIFF":
         _check_tiff(image, data, reader)
     # JPEG orientation is in the header; reading it before load() lets draft() pick the right sides.
@@ -309,4 +321,13 @@ def decode_image(
         orientation = _orientation(image)  # PNG keeps EXIF after the pixel data: read after load()
         target = None if reduce_to is None else _stored_target(reduce_to, orientation)
     rgb = _shrink(_to_rgb(image, reader), target)
-    return rgb.transpose(_ORIENT[orientation]) if orientation in _ORIENT else rgb
+    upright = rgb.transpose(_ORIENT[orientation]) if orientation in _ORIENT else rgb
+    width, height = stored_size
+    return Decoded(upright, (height, width) if orientation >= 5 else (width, height))  # 5-8 swap the sides
+
+
+def decode_image(
+    data: bytes, max_pixels: int, *, reduce_to: tuple[int, int] | None = None, limits: DecodeLimits | None = None
+) -> Image.Image:
+    """The image of ``decode`` alone (same arguments and errors), for callers that need no geometry."""
+    return decode(data, max_pixels, reduce_to=reduce_to, limits=limits).image

@@ -23,13 +23,13 @@ from ts.torch_handler.base_handler import BaseHandler
 from ..engine import METHODS, Job, MethodError, SampleResult
 from ..preprocess import Preprocessor
 from .config import LIMIT_DEFAULTS, model_builder
-from .decode import DecodeLimits, decode_image
+from .decode import DecodeLimits, decode
 from .dependencies import MissingPackagesHandler, missing_packages
 from .errors import RequestError, bad_request
 from .loading import load_served_model
 from .options import FORMATS, RequestOptions
 from .payload import extract_payload
-from .response import answer
+from .response import answer, geometry
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ class Prepared:
     picture: Image.Image
     options: RequestOptions
     job: Job
+    geometry: dict[str, Any]  # the answer's ``geometry``: original size and the box the model saw
 
 
 Outcome = SampleResult | RequestError
@@ -144,11 +145,12 @@ class GradCamHandler(BaseHandler):
             self.explainer.check(job)  # refused here, the request is alone in failing
         except MethodError as error:
             raise bad_request(str(error)) from None
-        image = decode_image(
+        decoded = decode(
             payload.image, self.config.max_image_pixels, reduce_to=self.decode_size, limits=self.decode_limits
         )
-        picture = self.preprocessor.view(image)
-        return Prepared(self.preprocessor.tensor(picture), picture, options, job)
+        picture = self.preprocessor.view(decoded.image)
+        placed = geometry(decoded.original_size, self.preprocessor.box(decoded.original_size))
+        return Prepared(self.preprocessor.tensor(picture), picture, options, job, placed)
 
     def preprocess(self, data: list[dict[str, Any]]) -> list[Prepared | RequestError]:
         """Read and decode each request on its own; anything it raises becomes its own answer."""
@@ -193,7 +195,7 @@ class GradCamHandler(BaseHandler):
             return outcome, b""
         assert isinstance(item, Prepared)
         try:
-            body = answer(outcome, item.options, self.labels, self.explainer.layer_name, item.picture)
+            body = answer(outcome, item.options, self.labels, self.explainer.layer_name, item.picture, item.geometry)
             if METHODS[item.options.method].guided and self.explainer.guided_note:
                 for entry in body["explanations"]:
                     entry["note"] = self.explainer.guided_note

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from ..engine import METHODS, Explanation, SampleResult
+from ..preprocess import Box
 from ..render import normalise, overlay, png_base64, resize_map, tiles, to_grid
 from ..render.images import grayscale
 from .options import RequestOptions
@@ -16,6 +17,7 @@ from .options import RequestOptions
 PROBABILITY_DIGITS = 4  # significant digits: small probabilities stay visible (3.2e-05)
 HEATMAP_DECIMALS = 3
 RAW_SIGNIFICANT = 6
+BOX_DECIMALS = 2  # hundredths of a pixel of the uploaded image
 
 
 def predictions(probabilities: torch.Tensor, labels: Sequence[str], top_k: int) -> list[dict[str, Any]]:
@@ -98,12 +100,29 @@ def mosaic(items: list[Explanation], options: RequestOptions, labels: Sequence[s
     return entry
 
 
+def geometry(original_size: tuple[int, int], box: Box) -> dict[str, Any]:
+    """Where the maps sit on the uploaded image: its upright (width, height) and the box (x0, y0, x1, y1)
+    of it that the model saw, in its pixels, so a client can draw any map over the original."""
+    return {"original_size": list(original_size), "box": [round(value, BOX_DECIMALS) for value in box]}
+
+
 def answer(
-    result: SampleResult, options: RequestOptions, labels: Sequence[str], layer: str, picture: Image.Image
+    result: SampleResult,
+    options: RequestOptions,
+    labels: Sequence[str],
+    layer: str,
+    picture: Image.Image,
+    placed: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The response object of one image (the documented contract)."""
+    """The response object of one image (the documented contract); ``placed``: its ``geometry``."""
     if options.format == "tiles" and result.explanations:
         explanations = [mosaic(result.explanations, options, labels, layer)]
     else:
         explanations = [explanation(item, options, labels, layer, picture) for item in result.explanations]
-    return {"predictions": predictions(result.probabilities, labels, options.top_k), "explanations": explanations}
+    body: dict[str, Any] = {
+        "predictions": predictions(result.probabilities, labels, options.top_k),
+        "explanations": explanations,
+    }
+    if placed is not None:
+        body["geometry"] = placed
+    return body

@@ -30,7 +30,8 @@ def post(server, body, model="inspection", endpoint="predictions", **kwargs) -> 
 
 
 def check_contract(answer: dict, method: str = "gradcam") -> None:
-    assert set(answer) == {"predictions", "explanations"}
+    assert set(answer) == {"predictions", "explanations", "geometry"}
+    assert set(answer["geometry"]) == {"original_size", "box"} and len(answer["geometry"]["box"]) == 4
     predictions = answer["predictions"]
     assert len(predictions) == 3 and {p["label"] for p in predictions} == set(CLASSES)
     assert [p["probability"] for p in predictions] == sorted((p["probability"] for p in predictions), reverse=True)
