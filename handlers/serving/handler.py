@@ -26,6 +26,7 @@ from .config import LIMIT_DEFAULTS, model_builder
 from .decode import DecodeLimits, decode
 from .dependencies import MissingPackagesHandler, missing_packages
 from .errors import RequestError, bad_request
+from .kserve import unfold
 from .loading import load_served_model
 from .options import FORMATS, RequestOptions
 from .payload import extract_payload
@@ -260,8 +261,11 @@ class GradCamHandler(BaseHandler):
         self.context = context
         if context.get_request_header(0, "describe") == "True":
             return [self.describe_handle().encode("utf-8")]
-        prepared = self.preprocess(data)
+        batch = unfold(data, context)  # KServe v1/v2 requests: one plain row per image
+        self.context = batch.context
+        prepared = self.preprocess(batch.rows)
         outcomes = self.inference(prepared)
-        output = self.postprocess(outcomes, prepared)
+        output = batch.fold(self.postprocess(outcomes, prepared), context, self.config.max_response_bytes)
+        self.context = context
         context.metrics.add_time("HandlerTime", round((time.perf_counter() - start) * 1000, 2), None, "ms")
         return output

@@ -1,0 +1,138 @@
+"""KServe v1 and v2 requests through the handler, mixed in one batch with plain requests.
+
+Each KServe answer must equal what the plain API answers for the same image and options:
+the protocol changes the shape of the request and answer, never the explanation.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from handlers.serving.handler import GradCamHandler
+from handlers.serving.kserve import unfold
+from handlers.testing.fakes import load_context, run_batch, unpack_mar
+from handlers.testing.images import image_bytes
+from handlers.testing.mars import build_custom_mar
+
+
+@pytest.fixture(scope="module")
+def handler(tmp_path_factory) -> GradCamHandler:
+    work = tmp_path_factory.mktemp("tiny")
+    model_dir: Path = unpack_mar(build_custom_mar(work), work / "model")
+    handler = GradCamHandler()
+    handler.initialize(load_context(model_dir, "tiny"))
+    return handler
+
+
+GUIDED = "guided_gradcam"
+ZERO_TOP_K = {"top_k": 0}
+
+
+def b64(seed: int) -> str:
+    return base64.b64encode(image_bytes(seed)).decode()
+
+
+def plain(handler, seed: int, explain: bool = False, **options) -> dict:
+    """The plain API's answer for one image and its options, alone in its batch."""
+    statuses, bodies, _ = run_batch(handler, [{"body": {"data": b64(seed), **options}}], [{"explain": str(explain)}])
+    assert statuses == [200]
+    return bodies[0]
+
+
+def test_v1_and_v2_in_one_batch_with_plain_requests(handler):
+    rows = [
+        {"body": bytearray(image_bytes(1))},
+        {"body": {"instances": [{"data": b64(2), "target": "dog"}, {"b64": b64(3), "method": GUIDED}, b64(4)]}},
+        {
+            "body": json.dumps(
+                {
+                    "id": "req-v2",
+                    "inputs": [
+                        {
+                            "name": "images",
+                            "datatype": "BYTES",
+                            "shape": [2],
+                            "data": [b64(5), b64(6)],
+                            "parameters": {"target": "bird"},
+                        }
+                    ],
+                    "parameters": {"method": "hirescam", "top_k": 2},
+                }
+            ).encode()
+        },
+        {"body": {"instances": [{"data": {"b64": b64(7)}, "format": "png"}]}},
+    ]
+    statuses, bodies, context = run_batch(handler, rows, [{"explain": "False"}] * 4)
+    assert statuses == [200, 200, 200, 200]
+    assert all(context.get_response_content_type(i) == "application/json" for i in range(4))
+    assert bodies[0] == plain(handler, 1)
+    assert bodies[1] == {
+        "predictions": [plain(handler, 2, target="dog"), plain(handler, 3, method=GUIDED), plain(handler, 4)]
+    }
+    v2 = bodies[2]
+    assert v2["model_name"] == "tiny" and v2["id"] == "req-v2"
+    assert [output["name"] for output in v2["outputs"]] == ["predictions", "explanations"]
+    for output in v2["outputs"]:
+        assert output["datatype"] == "BYTES" and output["shape"] == [2]
+    for k, seed in enumerate((5, 6)):
+        expected = plain(handler, seed, method="hirescam", top_k=2, target="bird")
+        assert json.loads(v2["outputs"][0]["data"][k]) == expected["predictions"]
+        assert json.loads(v2["outputs"][1]["data"][k]) == expected["explanations"]
+    assert bodies[3] == {"predictions": [plain(handler, 7, format="png")]}
+
+
+def test_explain_endpoint_answers_v1_with_explanations(handler):
+    rows = [{"body": {"instances": [b64(8)]}}, {"body": {"instances": [b64(8)]}}]
+    _, bodies, _ = run_batch(handler, rows, [{"explain": "True"}, {"explain": "False"}])
+    assert bodies[0] == {"explanations": [plain(handler, 8, explain=True)]}
+    assert bodies[1] == {"predictions": [plain(handler, 8)]}
+
+
+def test_v2_request_without_id_gets_torchserves_request_id(handler):
+    body = {"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1, 1], "data": [[b64(9)]]}]}
+    statuses, bodies, _ = run_batch(handler, [{"body": body}])
+    assert statuses == [200] and bodies[0]["id"] == "req-0"
+    assert json.loads(bodies[0]["outputs"][0]["data"][0]) == plain(handler, 9)["predictions"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"instances": [b64(1), {"data": b64(2), "method": "lime"}]}, 400, "instance 1: option 'method'"),
+        ({"instances": [b64(1), {"data": base64.b64encode(b"no image").decode()}]}, 415, "instance 1:"),
+        ({"instances": []}, 400, "no image"),
+        ({"instances": "abc"}, 400, "'instances' must be a list"),
+        ({"instances": [b64(1)], "signature_name": "x"}, 400, "unknown field 'signature_name'"),
+        ({"instances": [b64(1)] * 65}, 400, "at most 64"),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [0.5]}]}, 400, "datatype BYTES"),
+        ({"inputs": [{"name": "x", "datatype": "BYTES", "shape": [2], "data": [b64(1)]}]}, 400, "shape [2]"),
+        (
+            {"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1], "data": [b64(1)]}], "parameters": ZERO_TOP_K},
+            400,
+            "element 0 of input 'x': option 'top_k'",
+        ),
+        ({"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1], "data": [7]}]}, 400, "base64 string"),
+    ],
+)
+def test_a_bad_kserve_request_fails_alone_in_the_protocols_error_shape(handler, body, status, message):
+    rows = [{"body": body}, {"body": {"instances": [b64(3)]}}, {"body": bytearray(image_bytes(4))}]
+    statuses, bodies, _ = run_batch(handler, rows)
+    assert statuses == [status, 200, 200]
+    assert set(bodies[0]) == {"error"} and message in bodies[0]["error"]
+    assert bodies[1] == {"predictions": [plain(handler, 3)]}
+    assert bodies[2] == plain(handler, 4)
+
+
+def test_plain_batches_are_not_unfolded(handler):
+    rows: list[dict[str, Any]] = [
+        {"body": bytearray(image_bytes(1))},
+        {"body": {"data": b64(2)}},
+        {"data": bytearray(image_bytes(3))},
+    ]
+    batch = unfold(rows, handler.context)
+    assert batch.rows == rows and batch.context is handler.context and not batch.unfolded
