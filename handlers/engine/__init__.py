@@ -5,6 +5,7 @@ probabilities and its maps, each method from one forward pass (plus what it need
 """
 
 from .explainer import Explainer, Explanation, Job, SampleResult
+from .faithfulness import Faithfulness, FaithfulnessParams
 from .layers import TargetLayerError
 from .methods import METHODS, Method, MethodError, MethodLimits, MethodParams
 
@@ -12,6 +13,8 @@ __all__ = [
     "METHODS",
     "Explainer",
     "Explanation",
+    "Faithfulness",
+    "FaithfulnessParams",
     "Job",
     "Method",
     "MethodError",

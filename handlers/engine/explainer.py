@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
+from .faithfulness import Faithfulness, FaithfulnessParams, MapToScore, measure
 from .guided import GuidedReLUMode, GuideSwitch
 from .layers import LayerRecord, discover_target_layer, map_candidates, resolve_target_layer, trace_module_outputs
 from .linear_head import detect_linear_head
 from .methods import METHODS, ExplainedModel, MapLayer, MethodError, MethodLimits, MethodParams
+from .methods.base import predict
+from .policy import Decision, ExplainPolicy, decide_rows, draw
 
 logger = logging.getLogger(__name__)
 
@@ -22,13 +25,19 @@ class Job:
     """What to explain for one image.
 
     ``targets`` are explicit class indices; without them the ``top_classes`` best predicted
-    classes of this same forward pass are explained. ``params`` tune the methods that take any.
+    classes of this same forward pass are explained. ``params`` tune the methods that take any;
+    ``faithfulness``, when given, has each class-specific map measured (``faithfulness.py``).
     """
 
     method: str = "gradcam"
     targets: tuple[int, ...] = ()
     top_classes: int = 1
     params: MethodParams = field(default_factory=MethodParams)
+    faithfulness: FaithfulnessParams | None = None
+    # Cost control: explain only if the policy selects this image (policy.py); ``sample_key``
+    # fixes its sampling draw (the same key is always sampled the same way).
+    policy: ExplainPolicy | None = None
+    sample_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -36,7 +45,7 @@ class Explanation:
     """One raw, non-negative map, at the layer's or the input's resolution.
 
     ``target`` is the class explained (None for class-agnostic methods); ``channel``, ``mean``
-    and ``peak`` describe a channel of layer activations.
+    and ``peak`` describe a channel of layer activations; ``faithfulness`` is set when asked for.
     """
 
     method: str
@@ -45,6 +54,7 @@ class Explanation:
     channel: int | None = None
     mean: float | None = None
     peak: float | None = None
+    faithfulness: Faithfulness | None = None
 
 
 @dataclass
@@ -53,6 +63,7 @@ class SampleResult:
 
     probabilities: torch.Tensor  # K
     explanations: list[Explanation] = field(default_factory=list)
+    decision: Decision | None = None  # what the job's cost policy decided, when it had one
 
 
 def _map_layers(records: list[LayerRecord]) -> dict[str, MapLayer]:
@@ -163,9 +174,16 @@ class Explainer:
         if job.targets and method.explains in ("image", "channel"):
             raise MethodError(f"method {job.method!r} is not class-specific: 'target' does not apply to it")
         method.check(self.explained, job.params, len(job.targets) or job.top_classes)
+        cap = self.explained.limits.max_faithfulness_steps
+        if job.faithfulness is not None and job.faithfulness.curves and not 2 <= job.faithfulness.steps <= cap:
+            raise MethodError(
+                f"option 'faithfulness_steps' must be from 2 to {cap} (max_faithfulness_steps), "
+                f"got {job.faithfulness.steps}"
+            )
 
     def explain(self, images: torch.Tensor, jobs: Sequence[Job]) -> list[SampleResult]:
-        """One forward pass per (method, params) group in the batch; results in input order."""
+        """One forward pass per (method, params) group in the batch, then one for every map whose
+        faithfulness is asked for (after the prediction, which it never changes); results in input order."""
         if len(images) != len(jobs):
             raise ValueError(f"{len(images)} images but {len(jobs)} jobs")
         for job in jobs:
@@ -175,23 +193,67 @@ class Explainer:
         for i, job in enumerate(jobs):
             groups.setdefault((job.method, job.params), []).append(i)
         if len(groups) == 1:  # the usual case: no copy of the batch
-            return self._run_group(images, list(jobs))
-        results: list[SampleResult | None] = [None] * len(jobs)
-        for rows in groups.values():
-            for i, result in zip(rows, self._run_group(images[rows], [jobs[i] for i in rows]), strict=True):
-                results[i] = result
-        return [r for r in results if r is not None]
+            results = self._run_group(images, list(jobs))
+        else:
+            ordered: list[SampleResult | None] = [None] * len(jobs)
+            for rows in groups.values():
+                for i, result in zip(rows, self._run_group(images[rows], [jobs[i] for i in rows]), strict=True):
+                    ordered[i] = result
+            results = [r for r in ordered if r is not None]
+        if any(job.faithfulness is not None for job in jobs):
+            self._measure_faithfulness(images, jobs, results)
+        return results
 
-    def _run_group(self, images: torch.Tensor, jobs: list[Job]) -> list[SampleResult]:
+    def _measure_faithfulness(self, images: torch.Tensor, jobs: Sequence[Job], results: list[SampleResult]) -> None:
+        """Attach its faithfulness to every class-specific map whose job asks, all in one batched measure."""
+        items, places = [], []
+        for row, (job, result) in enumerate(zip(jobs, results, strict=True)):
+            if job.faithfulness is None:
+                continue
+            steps = job.faithfulness.steps if job.faithfulness.curves else 0
+            for position, item in enumerate(result.explanations):
+                if item.target is not None and METHODS[item.method].class_specific:
+                    confidence = float(result.probabilities[item.target])
+                    items.append(MapToScore(row, item.target, item.values, confidence, steps))
+                    places.append((row, position))
+        for (row, position), measured in zip(places, measure(self.model, images, items), strict=True):
+            explanations = results[row].explanations
+            explanations[position] = replace(explanations[position], faithfulness=measured)
+
+    def _run_selected(self, images: torch.Tensor, jobs: list[Job]) -> list[SampleResult]:
+        """Predict every row, then run the method on the rows the policies select only, so a
+        skipped row costs its share of one plain forward (a selected one: that forward again)."""
+        logits = predict(self.explained, images)
+        decisions = _decisions(jobs, logits)
+        probabilities = torch.softmax(logits.float(), dim=1)
+        results = [SampleResult(p, decision=d) for p, d in zip(probabilities, decisions, strict=True)]
+        chosen = [i for i, decision in enumerate(decisions) if decision is None or decision.explained]
+        if chosen:
+            explained = self._run_group(images[chosen], [jobs[i] for i in chosen], apply_policy=False)
+            for i, result in zip(chosen, explained, strict=True):
+                result.decision = decisions[i]
+                results[i] = result
+        return results
+
+    def _run_group(self, images: torch.Tensor, jobs: list[Job], apply_policy: bool = True) -> list[SampleResult]:
         method, params = METHODS[jobs[0].method], jobs[0].params
+        policed = apply_policy and any(job.policy is not None for job in jobs)
+        if policed and not method.resolves_in_prediction_pass:
+            return self._run_selected(images, jobs)
+        decisions: list[Decision | None] = [None] * len(jobs)
 
         def resolve(logits: torch.Tensor) -> list[list[int]]:
             k = min(max(job.top_classes for job in jobs), self.num_classes)
             top = logits.topk(k, dim=1).indices.tolist()
-            return [list(job.targets) or top[i][: job.top_classes] for i, job in enumerate(jobs)]
+            targets = [list(job.targets) or top[i][: job.top_classes] for i, job in enumerate(jobs)]
+            if policed:  # decided from this same pass: a skipped row gets no target, so no map
+                decisions[:] = _decisions(jobs, logits)
+                targets = [[] if d and not d.explained else t for d, t in zip(decisions, targets, strict=True)]
+            return targets
 
         output = method.run(self.explained, images, resolve, params)
-        results = [SampleResult(p) for p in torch.softmax(output.logits.float(), dim=1)]
+        probabilities = torch.softmax(output.logits.float(), dim=1)
+        results = [SampleResult(p, decision=d) for p, d in zip(probabilities, decisions, strict=True)]
         if output.maps is None:
             return results
         stats = output.stats.tolist() if output.stats is not None else [None] * len(output.slots.rows)
@@ -205,3 +267,9 @@ class Explainer:
                 explanation = Explanation(method.name, None, values)
             results[row].explanations.append(explanation)
         return results
+
+
+def _decisions(jobs: Sequence[Job], logits: torch.Tensor) -> list[Decision | None]:
+    """Each job's policy decision for its row of ``logits`` (None for a job without a policy)."""
+    probabilities = torch.softmax(logits.detach().float(), dim=1)
+    return decide_rows([job.policy for job in jobs], [draw(job.sample_key) for job in jobs], probabilities)

@@ -39,6 +39,7 @@ class MethodLimits:
 
     max_occlusion_forwards: int = 1024  # perturbed forwards per image, all its targets together
     max_ig_steps: int = 64  # integrated-gradients steps
+    max_faithfulness_steps: int = 32  # deletion / insertion steps of the faithfulness measure
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,9 @@ class Method(ABC):
     uses_layer: ClassVar[bool] = True  # whether its maps come from the explained layer
     params: ClassVar[tuple[str, ...]] = ()  # the MethodParams fields a request may set for it
     guided: ClassVar[bool] = False  # uses guided backpropagation (a note when the model is not all ReLU)
+    # Whether a row that ``resolve`` gives no target costs only its share of the predicting forward
+    # (maps and backward passes for resolved rows only), so a cost policy can decide inside that pass.
+    resolves_in_prediction_pass: ClassVar[bool] = False
 
     @abstractmethod
     def run(self, model: ExplainedModel, images: torch.Tensor, resolve: Resolver, params: MethodParams) -> MethodOutput:
