@@ -123,7 +123,11 @@ def _place_scratch(rng: np.random.Generator, size: int) -> _Scratch:
     half = 0.5 * length * np.array([np.cos(angle), np.sin(angle)])
     low = np.abs(half) + 4.0
     center = rng.uniform(low, size - low)
-    width = rng.uniform(1.0, 3.0)
+    return scratch_stroke(center, half, rng.uniform(1.0, 3.0), size)
+
+
+def scratch_stroke(center: np.ndarray, half: np.ndarray, width: float, size: int) -> _Scratch:
+    """The anti-aliased coverage of a line from ``center - half`` to ``center + half``, ``width`` px wide."""
     canvas = Image.new("L", (size * _SUPERSAMPLE, size * _SUPERSAMPLE), 0)
     ends = [tuple(((center + sign * half) * _SUPERSAMPLE).tolist()) for sign in (-1.0, 1.0)]
     ImageDraw.Draw(canvas).line(ends, fill=255, width=max(1, round(width * _SUPERSAMPLE)))

@@ -1,0 +1,126 @@
+"""A map drawn over the original-size image: bicubic into the box the model saw, the rest marked unseen.
+
+The answer's ``geometry`` says which box of the uploaded (upright) image the model saw; the
+map covers exactly that box. It is upsampled with PyTorch's bicubic kernel (a = -0.75,
+half-pixel centres, edge cells repeated), written as two small matrices so that a box with
+fractional corners and any image size cost only (rows x cells) + (cells x columns) work,
+and the viewer can do the same sums in JavaScript. Outside the box the image stays visible,
+darkened and hatched, with the box outlined: the model never saw those pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+from .colormap import jet
+
+CUBIC_A = -0.75  # PyTorch's (and OpenCV's) bicubic coefficient
+UNSEEN_KEEP = 0.45  # brightness kept outside the box
+HATCH_PERIOD = 12  # pixels between the diagonal hatch lines outside the box
+HATCH_WIDTH = 2
+HATCH_GREY = 160.0
+OUTLINE = (255, 255, 255)
+OUTLINE_WIDTH = 2
+
+Box = Sequence[float]  # (x0, y0, x1, y1) in pixels of the original
+
+
+def _cubic(t: np.ndarray) -> np.ndarray:
+    """Keys' cubic convolution kernel at distances ``t``."""
+    t = np.abs(t)
+    near = ((CUBIC_A + 2) * t - (CUBIC_A + 3)) * t * t + 1
+    far = ((CUBIC_A * t - 5 * CUBIC_A) * t + 8 * CUBIC_A) * t - 4 * CUBIC_A
+    return np.where(t <= 1, near, np.where(t < 2, far, 0.0))
+
+
+def bicubic_weights(centres: np.ndarray, start: float, end: float, cells: int) -> np.ndarray:
+    """(len(centres) x cells) weights sampling a ``cells``-long map laid over [start, end) at pixel ``centres``.
+
+    Each pixel reads four cells around its position (clamped to the map's edge cells, as PyTorch
+    does); for a box on whole pixels this is ``F.interpolate(mode="bicubic", align_corners=False)``.
+    """
+    position = (centres - start) / (end - start) * cells - 0.5  # in cell units, cell centres at integers
+    base = np.floor(position)
+    weights = np.zeros((len(centres), cells), dtype=np.float64)
+    rows = np.arange(len(centres))
+    for offset in (-1, 0, 1, 2):
+        index = base + offset
+        np.add.at(weights, (rows, np.clip(index, 0, cells - 1).astype(np.int64)), _cubic(position - index))
+    return weights
+
+
+def _inside(start: float, end: float, size: int) -> np.ndarray:
+    """Pixel indices of one axis whose centres fall in [start, end), within the image."""
+    first = max(0, int(np.ceil(start - 0.5)))
+    last = min(size, int(np.ceil(end - 0.5)))
+    return np.arange(first, max(first, last))
+
+
+def upsample(heatmap: np.ndarray, box: Box, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The map bicubically resampled onto the pixels of a ``size`` (width, height) image inside ``box``.
+
+    Returns (row indices, column indices, values in [0, 1] of shape rows x columns).
+    """
+    x0, y0, x1, y1 = (float(v) for v in box)
+    columns, rows = _inside(x0, x1, size[0]), _inside(y0, y1, size[1])
+    cells_y, cells_x = heatmap.shape
+    across = bicubic_weights(columns + 0.5, x0, x1, cells_x)
+    down = bicubic_weights(rows + 0.5, y0, y1, cells_y)
+    values = down @ np.asarray(heatmap, dtype=np.float64) @ across.T
+    return rows, columns, np.clip(values, 0.0, 1.0)
+
+
+def _unseen(base: np.ndarray) -> np.ndarray:
+    """The image darkened and hatched with thin diagonal lines: visible, plainly not explained."""
+    height, width = base.shape[:2]
+    yy, xx = np.mgrid[0:height, 0:width]
+    hatch = ((xx + yy) % HATCH_PERIOD) < HATCH_WIDTH
+    dimmed = base * UNSEEN_KEEP
+    dimmed[hatch] = 0.5 * dimmed[hatch] + 0.5 * HATCH_GREY
+    return dimmed
+
+
+def _outline(canvas: np.ndarray, box: Box) -> None:
+    """Draw the box's border (clipped to the image) in place."""
+    height, width = canvas.shape[:2]
+    x0, y0, x1, y1 = (round(float(v)) for v in box)
+    left, right = max(0, x0), min(width, x1)
+    top, bottom = max(0, y0), min(height, y1)
+    if left >= right or top >= bottom:
+        return
+    colour = np.array(OUTLINE, dtype=np.float32)
+    for edge, inside in ((x0, 0 <= x0 < width), (x1 - OUTLINE_WIDTH, 0 < x1 <= width)):
+        if inside:
+            canvas[top:bottom, max(0, edge) : max(0, edge) + OUTLINE_WIDTH] = colour
+    for edge, inside in ((y0, 0 <= y0 < height), (y1 - OUTLINE_WIDTH, 0 < y1 <= height)):
+        if inside:
+            canvas[max(0, edge) : max(0, edge) + OUTLINE_WIDTH, left:right] = colour
+
+
+def overlay_on_original(image: Image.Image, heatmap: np.ndarray, box: Box, alpha: float = 0.5) -> Image.Image:
+    """``image`` (the original, upright) with the [0, 1] map in jet at ``alpha`` inside ``box``.
+
+    Pixels outside the box are kept but darkened and hatched, and the box is outlined.
+    """
+    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    canvas = _unseen(base)
+    rows, columns, values = upsample(np.asarray(heatmap, dtype=np.float64), box, image.size)
+    if len(rows) and len(columns):
+        window = np.ix_(rows, columns)
+        canvas[window] = (1.0 - alpha) * base[window] + alpha * jet(values).astype(np.float32)
+    _outline(canvas, box)
+    return Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8), mode="RGB")
+
+
+def peak(heatmap: np.ndarray, box: Box) -> tuple[float, float]:
+    """Where the map is highest, in the original's pixels: the centre of its hottest cell (the first, on ties)."""
+    cells = np.asarray(heatmap)
+    row, column = np.unravel_index(int(np.argmax(cells)), cells.shape)
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return (
+        x0 + (column + 0.5) / cells.shape[1] * (x1 - x0),
+        y0 + (row + 0.5) / cells.shape[0] * (y1 - y0),
+    )
