@@ -37,6 +37,7 @@ from .models import (
 )
 from .preprocess import InputSpec
 from .serving.config import CONFIG_KEY, LIMIT_DEFAULTS, ServingConfig
+from .serving.faithfulness import LEVELS as FAITHFULNESS_LEVELS
 from .serving.loading import load_served_model
 from .serving.options import BUILTIN_DEFAULTS, FORMATS, SIZES, OptionParser
 
@@ -61,6 +62,7 @@ _LIMIT_HELP = {
     "decode_timeout_s": "seconds one image may take to decode",
     "max_occlusion_forwards": "most perturbed forwards one image may cost with method occlusion",
     "max_ig_steps": "most steps a request may ask of method integrated_gradients",
+    "max_faithfulness_steps": "most deletion/insertion steps a request may ask with faithfulness=full",
 }
 # Bounds of the TorchServe keys, with the reason for each upper bound in the flag's help.
 BATCH_SIZE = (1, 256)
@@ -292,6 +294,7 @@ def model_config(args: argparse.Namespace, model: dict[str, Any], input_spec: di
         "top_k_explanations": args.top_k_explanations,
         "format": args.format,
         "size": args.size,
+        "faithfulness": args.faithfulness,
     }
     section: dict[str, Any] = {
         "model": model,
@@ -543,6 +546,12 @@ def _add_common(common: argparse.ArgumentParser) -> None:
         choices=SIZES,
         default=defaults["size"],
         help=f"default map size for grid/png/raw ({defaults['size']})",
+    )
+    common.add_argument(
+        "--faithfulness",
+        choices=FAITHFULNESS_LEVELS,
+        default=defaults["faithfulness"],
+        help=f"default faithfulness measure of each map ({defaults['faithfulness']}; drop: one more forward)",
     )
     _add_limits(common)
     common.add_argument("--no-check", dest="check", action="store_false", help="skip building the model before packing")

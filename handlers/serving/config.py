@@ -24,6 +24,7 @@ LIMIT_DEFAULTS: dict[str, int | float] = {
     "decode_timeout_s": 10.0,
     "max_occlusion_forwards": MethodLimits.max_occlusion_forwards,
     "max_ig_steps": MethodLimits.max_ig_steps,
+    "max_faithfulness_steps": MethodLimits.max_faithfulness_steps,
 }
 
 
@@ -65,6 +66,7 @@ class ServingConfig:
     decode_timeout_s: float = float(LIMIT_DEFAULTS["decode_timeout_s"])
     max_occlusion_forwards: int = MethodLimits.max_occlusion_forwards
     max_ig_steps: int = MethodLimits.max_ig_steps
+    max_faithfulness_steps: int = MethodLimits.max_faithfulness_steps
     # Torch intra-op threads per worker; None: OMP_NUM_THREADS if set, else 1 (see threads()).
     torch_threads: int | None = None
 
@@ -103,7 +105,7 @@ class ServingConfig:
     @property
     def method_limits(self) -> MethodLimits:
         """The caps the engine's methods enforce per request."""
-        return MethodLimits(self.max_occlusion_forwards, self.max_ig_steps)
+        return MethodLimits(self.max_occlusion_forwards, self.max_ig_steps, self.max_faithfulness_steps)
 
     def threads(self, environ: Mapping[str, str]) -> int | None:
         """Torch threads the worker should set, or None to keep what OMP_NUM_THREADS already set.

@@ -141,7 +141,13 @@ class GradCamHandler(BaseHandler):
     def _prepare(self, row: dict[str, Any], headers: dict[str, Any]) -> Prepared:
         payload = extract_payload(row, str(headers.get("content-type", "")))
         options = self.option_parser.for_request(headers, payload.fields, explain=headers.get("explain") == "True")
-        job = Job(options.method, options.targets, options.top_k_explanations, options.params)
+        job = Job(
+            options.method,
+            options.targets,
+            options.top_k_explanations,
+            options.params,
+            faithfulness=options.faithfulness,
+        )
         try:
             self.explainer.check(job)  # refused here, the request is alone in failing
         except MethodError as error:

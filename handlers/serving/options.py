@@ -13,9 +13,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..engine import METHODS, MethodParams
+from ..engine import METHODS, FaithfulnessParams, MethodParams
 from .config import LIMIT_DEFAULTS
 from .errors import RequestError, bad_request
+from .faithfulness import DEFAULT_STEPS, LEVELS, STEPS_RANGE, applies_to, level_params
 
 HEADER_PREFIX = "x-explain-"
 FORMATS = ("grid", "png", "overlay", "raw", "tiles")
@@ -29,7 +30,7 @@ PARAM_RANGES: dict[str, tuple[int, int]] = {
     "stride": (1, 100_000),
     "steps": (1, 100_000),
 }
-OPTIONS = (*GENERAL_OPTIONS, "layer", *PARAM_RANGES)
+OPTIONS = (*GENERAL_OPTIONS, "layer", *PARAM_RANGES, "faithfulness", "faithfulness_steps")
 _MAX_LAYER_NAME = 300
 BUILTIN_DEFAULTS: dict[str, Any] = {
     "method": "gradcam",
@@ -37,6 +38,8 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     "top_k_explanations": 1,
     "format": "grid",
     "size": "feature",
+    "faithfulness": "off",
+    "faithfulness_steps": DEFAULT_STEPS,
 }
 
 
@@ -51,6 +54,7 @@ class RequestOptions:
     format: str
     size: str
     params: MethodParams = field(default_factory=MethodParams)
+    faithfulness: FaithfulnessParams | None = None  # measure each map's faithfulness (faithfulness.py)
 
 
 def header_options(headers: Mapping[str, Any]) -> dict[str, Any]:
@@ -103,6 +107,19 @@ def _choice(name: str, value: Any, choices: Sequence[str]) -> str:
     if isinstance(value, str) and value.strip().lower() in choices:
         return value.strip().lower()
     raise bad_request(f"option '{name}' must be one of {', '.join(choices)}; got {shown(value)}")
+
+
+def _faithfulness(
+    method: str, fields: Mapping[str, Any], request_fields: Mapping[str, Any]
+) -> FaithfulnessParams | None:
+    """The faithfulness measure asked for; a request's own ask must fit its method (defaults need not)."""
+    level = _choice("faithfulness", fields["faithfulness"], LEVELS)
+    steps = _integer("faithfulness_steps", fields["faithfulness_steps"], *STEPS_RANGE)
+    if "faithfulness_steps" in request_fields and level != "full":
+        raise bad_request("option 'faithfulness_steps' applies to faithfulness=full only")
+    if "faithfulness" in request_fields and level != "off" and not applies_to(method):
+        raise bad_request(f"option 'faithfulness' applies to class-specific methods only, not to {method!r}")
+    return level_params(level, steps)
 
 
 class OptionParser:
@@ -196,6 +213,7 @@ class OptionParser:
             format=fmt,
             size=_choice("size", fields["size"], SIZES),
             params=self._params(method, fields),
+            faithfulness=_faithfulness(method, fields, request_fields or {}),
         )
 
     def _params(self, method: str, fields: Mapping[str, Any]) -> MethodParams:

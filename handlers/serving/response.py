@@ -12,6 +12,7 @@ from ..engine import METHODS, Explanation, SampleResult
 from ..preprocess import Box
 from ..render import normalise, overlay, png_base64, resize_map, tiles, to_grid
 from ..render.images import grayscale
+from .faithfulness import faithfulness_entry
 from .options import RequestOptions
 
 PROBABILITY_DIGITS = 4  # significant digits: small probabilities stay visible (3.2e-05)
@@ -54,6 +55,8 @@ def _describe(item: Explanation, options: RequestOptions, labels: Sequence[str],
     }
     if item.channel is not None:
         entry.update(channel=item.channel, mean=_rounded(item.mean), max=_rounded(item.peak))
+    if options.faithfulness is not None:
+        entry["faithfulness"] = faithfulness_entry(item)
     return entry
 
 
