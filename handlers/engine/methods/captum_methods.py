@@ -24,6 +24,7 @@ class CaptumMethod(Method):
 
     resolution = "input"
     uses_layer = False
+    resolves_in_prediction_pass = True  # attributes the resolved rows only
 
     def attribute(
         self, model: nn.Module, inputs: torch.Tensor, targets: list[int], params: MethodParams

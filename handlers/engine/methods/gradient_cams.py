@@ -36,6 +36,7 @@ class GradientCam(Method):
 
     resolution = "layer"
     passes = "1 forward; + 1 head-only backward per target depth unless the head is pool + linear"
+    resolves_in_prediction_pass = True  # maps for resolved rows only; the backward is head-only
 
     def combine(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         """M x h x w map before the ReLU, from M x C x h x w activations and gradients (M x C x 1 x 1
