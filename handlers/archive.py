@@ -40,6 +40,7 @@ from .serving.config import CONFIG_KEY, LIMIT_DEFAULTS, ServingConfig
 from .serving.faithfulness import LEVELS as FAITHFULNESS_LEVELS
 from .serving.loading import load_served_model
 from .serving.options import BUILTIN_DEFAULTS, FORMATS, SIZES, OptionParser
+from .serving.policy import POLICY_RULES
 
 logger = logging.getLogger(__name__)
 
@@ -296,6 +297,7 @@ def model_config(args: argparse.Namespace, model: dict[str, Any], input_spec: di
         "size": args.size,
         "faithfulness": args.faithfulness,
     }
+    defaults.update({key: getattr(args, key) for key in POLICY_RULES if getattr(args, key) is not None})
     section: dict[str, Any] = {
         "model": model,
         "input": input_spec,
@@ -546,6 +548,16 @@ def _add_common(common: argparse.ArgumentParser) -> None:
         choices=SIZES,
         default=defaults["size"],
         help=f"default map size for grid/png/raw ({defaults['size']})",
+    )
+    policy = "cost policy (any rule that applies explains; the rest get the prediction only, at method=none cost)"
+    common.add_argument(
+        "--explain-below", type=float, metavar="P", help=f"{policy}: explain when the top probability is below P"
+    )
+    common.add_argument(
+        "--explain-rate", type=float, metavar="R", help=f"{policy}: explain a sampled fraction R (0..1) of requests"
+    )
+    common.add_argument(
+        "--explain-classes", metavar="LABELS", help=f"{policy}: always explain predictions of these classes (a,b)"
     )
     common.add_argument(
         "--faithfulness",

@@ -103,7 +103,9 @@ class _DeadlineReader(io.BytesIO):
         """Raise a 422 once the deadline has passed."""
         if time.monotonic() > self.deadline:
             raise RequestError(
-                422, f"image took longer than the {self.limits.timeout_s:g} s decode limit and was abandoned"
+                422,
+                f"image took longer than the {self.limits.timeout_s:g} s decode limit and was abandoned",
+                "decode_limit",
             )
 
     def read(self, size: int | None = -1) -> bytes:
@@ -130,7 +132,9 @@ def count_jpeg_scans(data: bytes) -> int:
         if marker == _SOS:
             scans += 1
         elif (segments := segments + 1) > _MAX_JPEG_SEGMENTS:
-            raise RequestError(422, f"JPEG has more than {_MAX_JPEG_SEGMENTS} marker segments; refusing to decode it")
+            raise RequestError(
+                422, f"JPEG has more than {_MAX_JPEG_SEGMENTS} marker segments; refusing to decode it", "decode_limit"
+            )
         if pos + 2 > len(data):
             break  # truncated: libjpeg stops here too
         pos += int.from_bytes(data[pos : pos + 2], "big")
@@ -144,6 +148,7 @@ def _check_scans(scans: int, limits: DecodeLimits, what: str) -> None:
             422,
             f"{what} has {scans} scans; this model accepts at most {limits.max_jpeg_scans} "
             "(each scan costs a pass over the whole image)",
+            "decode_limit",
         )
 
 

@@ -8,10 +8,11 @@ from http import HTTPStatus
 class RequestError(Exception):
     """A problem with one request: HTTP status + a message a user understands."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, reason: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.reason = reason  # a label for metrics (metrics.REASONS) where the status alone can't tell
 
     @property
     def phrase(self) -> str:

@@ -25,9 +25,10 @@ from ..preprocess import Preprocessor
 from .config import LIMIT_DEFAULTS, model_builder
 from .decode import DecodeLimits, decode
 from .dependencies import MissingPackagesHandler, missing_packages
-from .errors import RequestError, bad_request
+from .errors import RequestError
 from .kserve import unfold
 from .loading import load_served_model
+from .metrics import ServingMetrics
 from .options import FORMATS, RequestOptions
 from .payload import extract_payload
 from .response import answer, geometry
@@ -87,6 +88,7 @@ def _too_large(size: int, limit: int, options: RequestOptions) -> RequestError:
     return RequestError(
         400,
         f"the answer would be {size} bytes, over this model's limit of {limit} (max_response_bytes); ask for {instead}",
+        "response_too_large",
     )
 
 
@@ -95,9 +97,11 @@ class GradCamHandler(BaseHandler):
 
     # Set at load when a package only this MAR's model needs (timm) is missing: it answers instead.
     stand_in: MissingPackagesHandler | None = None
+    batch_start = 0.0  # perf_counter() when the batch being handled arrived (its latency metric)
 
     def initialize(self, context: Any) -> None:
         self.context = context
+        self.metrics = ServingMetrics(context.metrics, context.model_name)
         missing = missing_packages(model_builder(context.model_yaml_config))
         if missing:  # a failed load would crash-loop the worker: load, and say what to install
             self.stand_in = MissingPackagesHandler(missing)
@@ -138,7 +142,7 @@ class GradCamHandler(BaseHandler):
             "CAM (pool + linear head)" if self.explainer.uses_cam_fast_path else "autograd",
         )
 
-    def _prepare(self, row: dict[str, Any], headers: dict[str, Any]) -> Prepared:
+    def _prepare(self, row: dict[str, Any], headers: dict[str, Any], request_id: str = "") -> Prepared:
         payload = extract_payload(row, str(headers.get("content-type", "")))
         options = self.option_parser.for_request(headers, payload.fields, explain=headers.get("explain") == "True")
         job = Job(
@@ -147,11 +151,13 @@ class GradCamHandler(BaseHandler):
             options.top_k_explanations,
             options.params,
             faithfulness=options.faithfulness,
+            policy=options.policy,
+            sample_key=options.explain_key or request_id,
         )
         try:
             self.explainer.check(job)  # refused here, the request is alone in failing
         except MethodError as error:
-            raise bad_request(str(error)) from None
+            raise RequestError(400, str(error), "option") from None
         decoded = decode(
             payload.image, self.config.max_image_pixels, reduce_to=self.decode_size, limits=self.decode_limits
         )
@@ -164,7 +170,7 @@ class GradCamHandler(BaseHandler):
         prepared: list[Prepared | RequestError] = []
         for idx, row in enumerate(data):
             try:
-                prepared.append(self._prepare(row, _headers(self.context, idx)))
+                prepared.append(self._prepare(row, _headers(self.context, idx), self.context.get_request_id(idx) or ""))
             except Exception as error:  # noqa: BLE001 - one request's failure must not fail its batch
                 prepared.append(_refusal(error, "read"))
         return prepared
@@ -216,14 +222,17 @@ class GradCamHandler(BaseHandler):
     def postprocess(self, outcomes: list[Outcome], prepared: list[Prepared | RequestError]) -> list[bytes]:
         """Compact JSON per request; errors get their status via ``set_response_status``."""
         responses: list[bytes] = []
+        refusals: list[RequestError | None] = []
         for idx, (outcome, item) in enumerate(zip(outcomes, prepared, strict=True)):
             refusal, encoded = self._body(outcome, item)
+            refusals.append(refusal)
             if refusal is not None:
                 logger.info("request %d refused with %d: %s", idx, refusal.status, refusal.message)
                 self.context.set_response_status(refusal.status, refusal.phrase, idx)
                 encoded = json.dumps(refusal.body(), separators=(",", ":")).encode("utf-8")
             self.context.set_response_content_type(idx, "application/json")
             responses.append(encoded)
+        self.metrics.record(prepared, outcomes, refusals, time.perf_counter() - self.batch_start)
         return responses
 
     def describe_handle(self) -> str:
@@ -263,7 +272,7 @@ class GradCamHandler(BaseHandler):
         """Entry point for every batch; always one answer per request (a description when asked)."""
         if self.stand_in is not None:
             return self.stand_in.handle(data, context)
-        start = time.perf_counter()
+        start = self.batch_start = time.perf_counter()
         self.context = context
         if context.get_request_header(0, "describe") == "True":
             return [self.describe_handle().encode("utf-8")]

@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..engine import METHODS, FaithfulnessParams, MethodParams
+from ..engine.policy import ExplainPolicy
 from .config import LIMIT_DEFAULTS
 from .errors import RequestError, bad_request
 from .faithfulness import DEFAULT_STEPS, LEVELS, STEPS_RANGE, applies_to, level_params
+from .policy import POLICY_OPTIONS, parse_policy
 
 HEADER_PREFIX = "x-explain-"
 FORMATS = ("grid", "png", "overlay", "raw", "tiles")
@@ -30,7 +32,7 @@ PARAM_RANGES: dict[str, tuple[int, int]] = {
     "stride": (1, 100_000),
     "steps": (1, 100_000),
 }
-OPTIONS = (*GENERAL_OPTIONS, "layer", *PARAM_RANGES, "faithfulness", "faithfulness_steps")
+OPTIONS = (*GENERAL_OPTIONS, "layer", *PARAM_RANGES, "faithfulness", "faithfulness_steps", *POLICY_OPTIONS)
 _MAX_LAYER_NAME = 300
 BUILTIN_DEFAULTS: dict[str, Any] = {
     "method": "gradcam",
@@ -55,6 +57,8 @@ class RequestOptions:
     size: str
     params: MethodParams = field(default_factory=MethodParams)
     faithfulness: FaithfulnessParams | None = None  # measure each map's faithfulness (faithfulness.py)
+    policy: ExplainPolicy | None = None  # cost control: explain only what it selects (policy.py)
+    explain_key: str | None = None  # the key its sampling draw hashes (default: the request id)
 
 
 def header_options(headers: Mapping[str, Any]) -> dict[str, Any]:
@@ -203,6 +207,7 @@ class OptionParser:
         fmt = _choice("format", fields["format"], FORMATS)
         if fmt == "tiles" and method != "activations":
             raise bad_request("format 'tiles' (a mosaic of channels) is for method 'activations' only")
+        policy, explain_key = parse_policy(fields, method, self._class_index, num_classes)
         return RequestOptions(
             method=method,
             targets=self._targets(fields["target"]) if fields.get("target") not in (None, "") else (),
@@ -214,6 +219,8 @@ class OptionParser:
             size=_choice("size", fields["size"], SIZES),
             params=self._params(method, fields),
             faithfulness=_faithfulness(method, fields, request_fields or {}),
+            policy=policy,
+            explain_key=explain_key,
         )
 
     def _params(self, method: str, fields: Mapping[str, Any]) -> MethodParams:
@@ -240,12 +247,20 @@ class OptionParser:
         """Options of one request: defaults < X-Explain-* headers < body/form fields.
 
         ``explain`` (the /explanations endpoint) turns a default method of ``none`` into
-        ``gradcam``: that endpoint always explains unless the request itself says none.
+        ``gradcam`` and drops the model's default cost policy: that endpoint always explains
+        unless the request itself says none or gives a policy.
         """
         request_fields = {**header_options(headers), **body_fields}
         defaults = dict(self._default_fields)
         if explain and defaults["method"] == "none":
             defaults["method"] = "gradcam"
+        if explain:  # nor does the model's cost policy apply there (the request's own does)
+            for name in POLICY_OPTIONS:
+                defaults.pop(name, None)
         if "target" in request_fields:  # an explicit target replaces a default top-k
             defaults["top_k_explanations"] = 1
-        return self.parse({**defaults, **request_fields}, request_fields)
+        try:
+            return self.parse({**defaults, **request_fields}, request_fields)
+        except RequestError as error:
+            error.reason = error.reason or "option"  # the label its refusal is counted under
+            raise

@@ -128,4 +128,7 @@ def answer(
     }
     if placed is not None:
         body["geometry"] = placed
+    if result.decision is not None:  # a cost policy decided: say whether it explained, and why
+        body["explained"] = result.decision.explained
+        body["explained_because" if result.decision.explained else "skipped_because"] = result.decision.reason
     return body

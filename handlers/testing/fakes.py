@@ -19,14 +19,29 @@ if TYPE_CHECKING:
     from handlers.serving.handler import GradCamHandler
 
 
+class RecordedMetric:
+    """A metric of the cache: each update appended as (name, value, dimension values)."""
+
+    def __init__(self, name: str, sink: list[tuple[str, float, list[str]]]) -> None:
+        self.name = name
+        self.sink = sink
+
+    def add_or_update(self, value: float, dimension_values: list[str], request_id: str = "") -> None:
+        self.sink.append((self.name, value, list(dimension_values)))
+
+
 class RecordingMetrics:
     """Collects what the handler reports, instead of emitting TorchServe metric lines."""
 
     def __init__(self) -> None:
         self.times: list[tuple[str, float, str]] = []
+        self.values: list[tuple[str, float, list[str]]] = []  # cached metrics' updates
 
     def add_time(self, name: str, value: float, idx: Any = None, unit: str = "ms") -> None:
         self.times.append((name, value, unit))
+
+    def get_metric(self, metric_name: str, metric_type: Any = None) -> RecordedMetric:
+        return RecordedMetric(metric_name, self.values)
 
 
 def unpack_mar(mar: Path, destination: Path) -> Path:

@@ -1,0 +1,127 @@
+"""Prometheus metrics of the handler, declared in ``metrics.yaml`` next to this module.
+
+One call per batch (``ServingMetrics.record``) reports, per request: its method and HTTP
+status, its worker latency (the batch's, in seconds), how many classes it had explained,
+why it was refused (a small fixed set of reasons, never free text) and what the cost policy
+decided; and the batch size once. Emission goes through TorchServe's metrics cache (one
+``[METRICS]`` log line each, which the frontend exports when the YAML declares the metric);
+a failure to emit is logged once and never fails a request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from ts.metrics.metric_type_enum import MetricTypes
+
+from ..engine import METHODS, SampleResult
+from .errors import RequestError
+
+logger = logging.getLogger(__name__)
+
+# Why a request was refused: each refusal maps to exactly one of these label values.
+REASONS = (
+    "payload",  # empty body, malformed JSON, bad base64, a form where an image was expected
+    "option",  # unknown option or value, target outside the classes, a method's cap exceeded
+    "image_too_large",  # more pixels than the model's cap (413)
+    "unsupported_format",  # not an accepted image format (415)
+    "corrupt_image",  # corrupt or truncated image (422)
+    "decode_limit",  # too many JPEG scans or marker segments, past the decode deadline (422)
+    "response_too_large",  # the answer would exceed max_response_bytes
+    "out_of_memory",  # 507
+    "internal_error",  # this request failed in the engine or renderer (500)
+    "missing_package",  # the worker lacks a package this model needs (503)
+    "other",
+)
+_REASON_OF_STATUS = {
+    400: "payload",
+    413: "image_too_large",
+    415: "unsupported_format",
+    422: "corrupt_image",
+    500: "internal_error",
+    503: "missing_package",
+    507: "out_of_memory",
+}
+UNKNOWN_METHOD = "unknown"  # label of a request whose options did not parse
+
+# name: (unit, dimensions after ModelName, type); the same as metrics.yaml declares.
+SPECS: dict[str, tuple[str, tuple[str, ...], MetricTypes]] = {
+    "ExplainRequests": ("Count", ("Method", "Status"), MetricTypes.COUNTER),
+    "RefusedRequests": ("Count", ("Reason",), MetricTypes.COUNTER),
+    "ExplainDecisions": ("Count", ("Method", "Decision", "Reason"), MetricTypes.COUNTER),
+    "ExplanationLatencySeconds": ("s", ("Method",), MetricTypes.HISTOGRAM),
+    "ExplainTargets": ("Count", ("Method",), MetricTypes.HISTOGRAM),
+    "BatchSize": ("Count", (), MetricTypes.HISTOGRAM),
+}
+
+
+def refusal_reason(refusal: RequestError) -> str:
+    """The label of why ``refusal`` happened: its own reason when it was tagged, else by status."""
+    reason = getattr(refusal, "reason", None)
+    return reason if reason in REASONS else _REASON_OF_STATUS.get(refusal.status, "other")
+
+
+class ServingMetrics:
+    """Emits the handler's metrics through a worker's metrics cache (``context.metrics``)."""
+
+    def __init__(self, cache: Any, model_name: str) -> None:
+        self.cache = cache
+        self.model_name = model_name
+        self._metrics: dict[str, Any] = {}
+        self._failed = False
+
+    def _metric(self, name: str) -> Any:
+        """The cached metric ``name``: declared by the YAML, or added as declared here when the
+        server's YAML lacks it (exported then only with ``model_metrics_auto_detect=true``)."""
+        if name not in self._metrics:
+            unit, dimensions, kind = SPECS[name]
+            try:
+                self._metrics[name] = self.cache.get_metric(name, kind)
+            except Exception:  # noqa: BLE001 - not declared: TorchServe raises its own key error
+                self._metrics[name] = self.cache.add_metric_to_cache(name, unit, ["ModelName", *dimensions], kind)
+        return self._metrics[name]
+
+    def _emit(self, name: str, value: float, *labels: str) -> None:
+        self._metric(name).add_or_update(value, [self.model_name, *labels])
+
+    def record(
+        self,
+        prepared: Sequence[Any],
+        outcomes: Sequence[Any],
+        refusals: Sequence[RequestError | None],
+        seconds: float,
+    ) -> None:
+        """Report one batch: ``prepared`` items (with ``options``) or errors, the engine's outcomes,
+        each request's refusal (None when answered) and the worker's seconds for the batch."""
+        try:
+            self._record(prepared, outcomes, refusals, seconds)
+        except Exception:  # metrics must never fail a request
+            if not self._failed:
+                logger.exception("emitting metrics failed; requests are answered regardless")
+            self._failed = True
+
+    def _record(
+        self,
+        prepared: Sequence[Any],
+        outcomes: Sequence[Any],
+        refusals: Sequence[RequestError | None],
+        seconds: float,
+    ) -> None:
+        self._emit("BatchSize", len(prepared))
+        for item, outcome, refusal in zip(prepared, outcomes, refusals, strict=True):
+            options = getattr(item, "options", None)
+            method = options.method if options is not None else UNKNOWN_METHOD
+            self._emit("ExplainRequests", 1, method, str(refusal.status if refusal else 200))
+            if refusal is not None:
+                self._emit("RefusedRequests", 1, refusal_reason(refusal))
+                continue
+            self._emit("ExplanationLatencySeconds", seconds, method)
+            if not isinstance(outcome, SampleResult):
+                continue
+            if METHODS[method].class_specific:
+                self._emit("ExplainTargets", len(outcome.explanations), method)
+            if outcome.decision is not None:
+                decision = "explained" if outcome.decision.explained else "skipped"
+                self._emit("ExplainDecisions", 1, method, decision, outcome.decision.reason)
