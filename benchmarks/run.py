@@ -22,14 +22,22 @@ import torch
 if not __package__:  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import e2e_bench, engine_bench, memory_bench, methods_bench, threads_bench, transformer_bench
+from benchmarks import (
+    e2e_bench,
+    engine_bench,
+    memory_bench,
+    methods_bench,
+    scaling_bench,
+    threads_bench,
+    transformer_bench,
+)
 from benchmarks.artifacts import build
 from benchmarks.monitor import ForeignLoad
 from benchmarks.report import Section, machine, targets_table
 from benchmarks.settings import FULL, QUICK, Settings
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("engine", "e2e", "memory", "threads", "methods", "transformers")
+SECTIONS = ("engine", "e2e", "memory", "threads", "methods", "transformers", "scaling")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -40,7 +48,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         nargs="+",
         choices=SECTIONS,
         default=list(SECTIONS),
-        help="sections to run (engine: 1, e2e: 2, memory: 3, threads: 4, methods: 5, transformers: 6); default: all",
+        help="sections to run (engine: 1, e2e: 2, memory: 3, threads: 4, methods: 5, transformers: 6, "
+        "scaling: 7); default: all",
     )
     parser.add_argument(
         "--output",
@@ -81,6 +90,8 @@ def run_sections(settings: Settings, only: list[str], workdir: Path) -> list[Sec
         sections.append(methods_bench.run(settings))
     if "transformers" in only:
         sections.append(transformer_bench.run(settings))
+    if "scaling" in only:
+        sections.append(scaling_bench.run(settings))
     return sections
 
 
