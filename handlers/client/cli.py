@@ -38,9 +38,10 @@ FORMATS = ("overlay", "png", "tiles")  # the answer formats that come back as pi
 # A full inference URL pasted into --url: {base}/predictions/{model}[/{version}] (or /explanations/).
 _ENDPOINT = re.compile(r"(?P<base>.*?)/(?:predictions|explanations)/(?P<model>[^/]+(?:/[^/]+)?)/?")
 INTERRUPTED = 130  # the shell's status for a process ended by SIGINT
+ORIGINAL_ALPHA = 0.5
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line, ``prog: error: message`` (``--help`` shows the usage)."""
 
     def error(self, message: str) -> NoReturn:
@@ -48,7 +49,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
 
 
-def _positive(text: str) -> int:
+def positive(text: str) -> int:
     """An argparse type: a whole number >= 1."""
     try:
         value = int(text)
@@ -59,7 +60,7 @@ def _positive(text: str) -> int:
     return value
 
 
-def _natural(text: str) -> int:
+def natural(text: str) -> int:
     """An argparse type: a whole number >= 0."""
     try:
         value = int(text)
@@ -70,16 +71,19 @@ def _natural(text: str) -> int:
     return value
 
 
-def parser() -> argparse.ArgumentParser:
-    """The command line: image paths, server, model, options and output folder."""
-    cli = _Parser(
-        prog="torchserve-gradcam",
-        description="Send images to TorchServe; save the explanations as PNGs, the JSON answers and optional "
-        "contact sheets. --describe prints the model's methods, labels and layers.",
-    )
-    cli.add_argument(
-        "paths", nargs="*", type=Path, metavar="PATH", help="image files and/or folders (scanned recursively)"
-    )
+def fraction(text: str) -> float:
+    """An argparse type: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {value:g}")
+    return value
+
+
+def add_server_arguments(cli: argparse.ArgumentParser) -> None:
+    """Where the server is and how to reach it: --url, --model, --management-url, --token/--key-file, --timeout."""
     cli.add_argument(
         "--url",
         default="http://127.0.0.1:8080",
@@ -91,44 +95,65 @@ def parser() -> argparse.ArgumentParser:
         help=f"TorchServe management address, for the model's description (default: --url's host, port "
         f"{MANAGEMENT_PORT})",
     )
+    auth = cli.add_mutually_exclusive_group()
+    auth.add_argument("--token", help="TorchServe inference key (token authorization on)")
+    auth.add_argument("--key-file", type=Path, help="TorchServe's key_file.json: its inference key is used")
     cli.add_argument(
-        "--describe", action="store_true", help="print the model's methods, labels, layers and limits, then exit"
+        "--timeout", type=float, default=120.0, help="seconds to wait for one answer (default %(default)s)"
     )
+
+
+def add_method_arguments(cli: argparse.ArgumentParser, targets_help: str) -> None:
+    """What to explain: --method, its options (--layer, --window, ...) and --target."""
     cli.add_argument(
         "--method",
         default="gradcam",
         help="explanation method, one the model offers (--describe lists them; default %(default)s)",
     )
+    options = cli.add_argument_group("method options (each applies to the methods that list it in --describe)")
+    options.add_argument("--layer", help="activations: the layer to show (default: the target layer)")
+    options.add_argument("--channel", type=natural, help="activations: this one channel")
+    options.add_argument("--channels", type=positive, help="activations: the N most activated channels")
+    options.add_argument("--window", type=positive, help="occlusion: side of the hidden square, in input pixels")
+    options.add_argument("--stride", type=positive, help="occlusion: step between windows, in input pixels")
+    options.add_argument("--steps", type=positive, help="integrated_gradients: integration steps")
+    cli.add_argument("--target", action="append", default=[], metavar="LABEL|INDEX", help=targets_help)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line: image paths, server, model, options and output folder."""
+    cli = OneLineParser(
+        prog="torchserve-gradcam",
+        description="Send images to TorchServe; save the explanations as PNGs, the JSON answers and optional "
+        "contact sheets. --describe prints the model's methods, labels and layers. "
+        "'torchserve-gradcam video IN --out OUT.mp4' explains a video (see its --help).",
+    )
+    cli.add_argument(
+        "paths", nargs="*", type=Path, metavar="PATH", help="image files and/or folders (scanned recursively)"
+    )
+    add_server_arguments(cli)
+    cli.add_argument(
+        "--describe", action="store_true", help="print the model's methods, labels, layers and limits, then exit"
+    )
+    add_method_arguments(cli, "class(es) to explain, repeatable or comma-separated (default: the top prediction)")
     cli.add_argument(
         "--format",
         choices=FORMATS,
         default="overlay",
         help="overlay (jet on the input), png (grayscale map) or tiles (activations: one mosaic); default %(default)s",
     )
-    options = cli.add_argument_group("method options (each applies to the methods that list it in --describe)")
-    options.add_argument("--layer", help="activations: the layer to show (default: the target layer)")
-    options.add_argument("--channel", type=_natural, help="activations: this one channel")
-    options.add_argument("--channels", type=_positive, help="activations: the N most activated channels")
-    options.add_argument("--window", type=_positive, help="occlusion: side of the hidden square, in input pixels")
-    options.add_argument("--stride", type=_positive, help="occlusion: step between windows, in input pixels")
-    options.add_argument("--steps", type=_positive, help="integrated_gradients: integration steps")
     cli.add_argument(
-        "--target",
-        action="append",
-        default=[],
-        metavar="LABEL|INDEX",
-        help="class(es) to explain, repeatable or comma-separated (default: the top prediction)",
-    )
-    cli.add_argument("--top-k", type=_positive, help="predictions per image (default: the model's own)")
-    auth = cli.add_mutually_exclusive_group()
-    auth.add_argument("--token", help="TorchServe inference key (token authorization on)")
-    auth.add_argument("--key-file", type=Path, help="TorchServe's key_file.json: its inference key is used")
-    cli.add_argument(
-        "--concurrency", type=_positive, default=4, help="requests in flight at once (default %(default)s)"
+        "--on",
+        choices=("model", "original"),
+        default="model",
+        help="draw the maps on the picture the model saw (the server's overlay) or on your original picture at its "
+        "own size, the part the model did not see darkened and hatched; default %(default)s",
     )
     cli.add_argument(
-        "--timeout", type=float, default=120.0, help="seconds to wait for one answer (default %(default)s)"
+        "--alpha", type=fraction, help=f"--on original: opacity of the map, 0-1 (default {ORIGINAL_ALPHA})"
     )
+    cli.add_argument("--top-k", type=positive, help="predictions per image (default: the model's own)")
+    cli.add_argument("--concurrency", type=positive, default=4, help="requests in flight at once (default %(default)s)")
     cli.add_argument("--out", type=Path, default=Path("explanations"), help="output folder (default ./%(default)s)")
     cli.add_argument(
         "--sheet",
@@ -139,7 +164,7 @@ def parser() -> argparse.ArgumentParser:
     return cli
 
 
-def _targets(values: list[str]) -> tuple[str, ...]:
+def split_targets(values: list[str]) -> tuple[str, ...]:
     """``--target`` values, repeated and/or comma-separated, as one tuple."""
     return tuple(item.strip() for value in values for item in value.split(",") if item.strip())
 
@@ -186,7 +211,7 @@ def model_description(args: argparse.Namespace, url: str, model: str) -> ModelDe
         return from_registry()
 
 
-def _method_options(args: argparse.Namespace) -> dict[str, str]:
+def method_options(args: argparse.Namespace) -> dict[str, str]:
     """The method options given on the command line, as request fields."""
     return {name: str(getattr(args, name)) for name in METHOD_OPTIONS if getattr(args, name) is not None}
 
@@ -252,6 +277,17 @@ def report_failures(results: list[Result], prog: str) -> None:
         sys.stderr.write(f"{prog}: {paths[0] if len(paths) == 1 else f'{len(paths)} images'}: {error}\n")
 
 
+def _original_alpha(cli: argparse.ArgumentParser, args: argparse.Namespace) -> float | None:
+    """The map's opacity for ``--on original`` (None: the server's overlays); usage errors for what can't combine."""
+    if args.on != "original":
+        if args.alpha is not None:
+            cli.error("--alpha applies to --on original (the server draws --on model overlays at 0.5)")
+        return None
+    if args.format != "overlay":
+        cli.error(f"--on original draws the maps itself: it can't be combined with --format {args.format}")
+    return ORIGINAL_ALPHA if args.alpha is None else args.alpha
+
+
 def _explain_all(cli: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """Validate the arguments, explain every image, print the summary; returns the exit status."""
     try:
@@ -269,7 +305,8 @@ def _explain_all(cli: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         cli.error(str(error))
     if not images:
         cli.error(f"no image files found in {', '.join(map(str, args.paths))}")
-    targets, options = _targets(args.target), _method_options(args)
+    original_alpha = _original_alpha(cli, args)
+    targets, options = split_targets(args.target), method_options(args)
     problem = check_request(model_description(args, url, model), args.method, targets, options)
     if problem:
         cli.error(problem)
@@ -278,8 +315,9 @@ def _explain_all(cli: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except OSError as error:
         cli.error(f"cannot create --out {args.out}: {error.strerror or error}")
     client = ExplainClient(url, model, token, args.timeout)
-    request = Request(args.method, targets, args.top_k, args.format, options)
-    pipeline = Pipeline(client, request, args.out, args.sheet)
+    answer_format = "grid" if original_alpha is not None else args.format  # the client draws grids itself
+    request = Request(args.method, targets, args.top_k, answer_format, options)
+    pipeline = Pipeline(client, request, args.out, args.sheet, original_alpha)
     progress = Progress(len(images), sys.stderr, enabled=sys.stderr.isatty() and any(p.is_dir() for p in args.paths))
     try:
         results = run(pipeline, output_stems(images), args.concurrency, progress)
@@ -291,7 +329,15 @@ def _explain_all(cli: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point; returns the exit status (Ctrl-C: one line, 130)."""
+    """Console-script entry point; returns the exit status (Ctrl-C: one line, 130).
+
+    ``video ...`` is the video command (``video_cli``); an image file named ``video`` is ``./video``.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["video"]:
+        from .video_cli import main as video_main  # imports PyAV: only for videos
+
+        return video_main(argv[1:])
     cli = parser()
     args = cli.parse_args(argv)
     logging.basicConfig(

@@ -2,7 +2,8 @@
 
 ``<stem>.json`` is the server's answer with each base64 ``png`` (overlay, grayscale map or
 channel mosaic) replaced by ``file``, the name of the PNG written next to it (the JSON stays
-small and readable).
+small and readable). With ``--on original`` the server sends grids and the client draws each
+map over the original picture itself (``original.py``); ``file`` names that PNG.
 """
 
 from __future__ import annotations
@@ -114,11 +115,15 @@ def decode_png(text: str) -> tuple[bytes, Image.Image]:
 class Pipeline:
     """Everything done per image, shared by the worker threads (it holds no per-image state)."""
 
-    def __init__(self, client: ExplainClient, request: Request, out_dir: Path, sheet: bool) -> None:
+    def __init__(
+        self, client: ExplainClient, request: Request, out_dir: Path, sheet: bool, original_alpha: float | None = None
+    ) -> None:
+        """``original_alpha``: draw the maps (grids) over the original picture at this alpha (``--on original``)."""
         self.client = client
         self.request = request
         self.out_dir = out_dir
         self.sheet = sheet
+        self.original_alpha = original_alpha
         self.unreachable: str | None = None  # the connection error, once the server could not be reached
 
     def run(self, path: Path, stem: str) -> Result:
@@ -134,6 +139,8 @@ class Pipeline:
             image = path.read_bytes()
             result.answer = self.client.explain(image, path.name, self.request.fields())
             overlays = self._write_overlays(result.answer, stem)
+            if self.original_alpha is not None:
+                self._write_on_original(result.answer, image, stem, self.original_alpha)
             self._write(f"{stem}.json", json.dumps(result.answer, indent=2).encode())
             if self.sheet:
                 self._write_sheet(image, path, stem, result.answer, overlays)
@@ -165,6 +172,18 @@ class Pipeline:
             if entry.get("target"):
                 overlays[int(entry["target"]["index"])] = overlay
         return overlays
+
+    def _write_on_original(self, answer: dict[str, Any], image: bytes, stem: str, alpha: float) -> None:
+        """One PNG per explanation: its map drawn over the original picture (``picture_name``)."""
+        from .original import draw, open_upright  # imports numpy and the renderer: only for --on original
+
+        picture = open_upright(image)
+        for entry in answer.get("explanations", []):
+            buffer = io.BytesIO()
+            draw(picture, answer, entry, alpha).save(buffer, format="PNG")
+            name = picture_name(stem, entry)
+            self._write(name, buffer.getvalue())
+            entry["file"] = name
 
     def _write_sheet(
         self, image: bytes, path: Path, stem: str, answer: dict[str, Any], overlays: dict[int, Image.Image]

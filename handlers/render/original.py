@@ -103,15 +103,18 @@ def _outline(canvas: np.ndarray, box: Box) -> None:
 def overlay_on_original(image: Image.Image, heatmap: np.ndarray, box: Box, alpha: float = 0.5) -> Image.Image:
     """``image`` (the original, upright) with the [0, 1] map in jet at ``alpha`` inside ``box``.
 
-    Pixels outside the box are kept but darkened and hatched, and the box is outlined.
+    Pixels outside the box are kept but darkened and hatched, and the box is outlined (when
+    the box covers the whole image, as for models that resize without cropping, neither is drawn).
     """
     base = np.asarray(image.convert("RGB"), dtype=np.float32)
-    canvas = _unseen(base)
     rows, columns, values = upsample(np.asarray(heatmap, dtype=np.float64), box, image.size)
+    whole = len(rows) == image.height and len(columns) == image.width
+    canvas = base.copy() if whole else _unseen(base)  # a box over the whole image leaves nothing unseen
     if len(rows) and len(columns):
         window = np.ix_(rows, columns)
         canvas[window] = (1.0 - alpha) * base[window] + alpha * jet(values).astype(np.float32)
-    _outline(canvas, box)
+    if not whole:
+        _outline(canvas, box)
     return Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8), mode="RGB")
 
 

@@ -1,0 +1,276 @@
+"""Explain a video frame by frame: decode (PyAV), send frames concurrently, write the overlay video and JSON lines.
+
+Frames are decoded in order and the ones to explain (every frame, or ``fps`` of them a second)
+are sent ``concurrency`` at a time, so TorchServe batches them; each answer's map is drawn over
+its frame at the frame's own size (``--on original``: bicubic into the box the model saw). The
+overlay video is written in frame order at the source's frame rate; a frame between explained
+ones (``fps`` below the source's) shows the last map over its own pixels (``between="hold"``)
+or is written plain (``"plain"``). A frame whose request fails is reported and left out (its
+time slot stays: the picture before it stays on screen), the rest is written. Whatever ends the
+run (the last frame, an error, Ctrl-C), the video is finished and closed, so it plays.
+
+One JSON line per explained frame: ``frame``, ``time`` (seconds), ``label``/``probability`` of
+the top prediction, ``target`` (the explained class; null for class-agnostic methods),
+``method``, ``peak`` ([x, y] of the hottest map cell's centre in the frame's pixels; null for
+an all-zero map); a failed frame has ``error`` instead.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, TextIO
+
+import av
+import numpy as np
+from PIL import Image
+
+from ..render.original import Box, overlay_on_original, peak
+from .api import ApiError, ExplainClient, ServerUnreachable
+from .original import heatmap_of, placed_box
+from .pipeline import Request
+
+logger = logging.getLogger(__name__)
+
+CODEC = "libx264"
+CRF = "18"  # x264 quality: visually lossless for overlays
+FRAME_FORMATS = {"jpeg": ("JPEG", {"quality": 95}), "png": ("PNG", {"compress_level": 1})}
+BETWEEN = ("hold", "plain")
+PEAK_DECIMALS = 1
+WINDOW_PER_REQUEST = 2  # frames decoded ahead per request in flight: the pool never waits for the decoder
+
+
+@dataclass(frozen=True)
+class VideoSettings:
+    """How to explain a video: the request, opacity, frame sampling and what the frames are sent as."""
+
+    request: Request
+    alpha: float = 0.5
+    fps: float | None = None  # explain at most this many frames a second (None: every frame)
+    between: str = "hold"  # frames not explained: "hold" the last map, or "plain"
+    frame_format: str = "jpeg"
+    concurrency: int = 8
+    codec: str = CODEC
+
+
+@dataclass
+class Outcome:
+    """One explained frame: its JSON record, and the picture and map to write (None when it failed)."""
+
+    record: dict[str, Any]
+    overlay: Image.Image | None = None
+    heatmap: np.ndarray | None = None
+    box: Box | None = None
+
+
+@dataclass
+class Tally:
+    """What a run did, for the summary line and the exit status."""
+
+    decoded: int = 0
+    explained: int = 0
+    failed: int = 0
+    written: int = 0
+    interrupted: bool = False
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Slot:
+    """A decoded frame waiting for its turn to be written (and for its answer, if it is explained)."""
+
+    index: int
+    time: float
+    picture: Image.Image
+    answer: Future[Outcome] | None
+
+
+class Schedule:
+    """Which frames to explain: every one, or the first frame at or after each multiple of 1/fps seconds."""
+
+    def __init__(self, fps: float | None) -> None:
+        self.period = 0.0 if fps is None else 1.0 / fps
+        self.due = 0.0
+
+    def take(self, time: float) -> bool:
+        """Whether the frame at ``time`` seconds is explained."""
+        if time + 1e-6 < self.due:
+            return False
+        self.due = max(self.due + self.period, time) if self.period else time
+        return True
+
+
+class VideoWriter:
+    """H.264 in the output container at a constant frame rate; pts are source frame numbers, so gaps keep time.
+
+    yuv420p needs even sides: an odd last row or column is cropped off.
+    """
+
+    def __init__(self, path: Path, rate: Fraction, size: tuple[int, int], codec: str) -> None:
+        self.size = (size[0] - size[0] % 2, size[1] - size[1] % 2)
+        self.container = av.open(str(path), "w")
+        stream = self.container.add_stream(codec, rate=rate)
+        if not isinstance(stream, av.VideoStream):
+            self.container.close()
+            raise ValueError(f"codec {codec!r} is not a video encoder")
+        self.stream = stream
+        self.stream.width, self.stream.height = self.size
+        self.stream.pix_fmt = "yuv420p"
+        if codec == CODEC:
+            self.stream.options = {"crf": CRF, "preset": "veryfast"}
+        self.last_pts = -1
+
+    def write(self, picture: Image.Image, pts: int) -> None:
+        """Encode one picture as frame ``pts`` (later than every frame before)."""
+        if picture.size != self.size:
+            picture = picture.crop((0, 0, *self.size))
+        frame = av.VideoFrame.from_image(picture)
+        frame.pts = pts
+        self.container.mux(self.stream.encode(frame))
+        self.last_pts = pts
+
+    def close(self) -> None:
+        """Flush the encoder and write the container's index: the file plays from here on."""
+        try:
+            self.container.mux(self.stream.encode(None))
+        finally:
+            self.container.close()
+
+
+def encode_frame(picture: Image.Image, frame_format: str) -> bytes:
+    """One frame as the image file sent to the server."""
+    fmt, options = FRAME_FORMATS[frame_format]
+    buffer = io.BytesIO()
+    picture.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def _record(index: int, time: float, answer: dict[str, Any], entry: dict[str, Any], spot: Any) -> dict[str, Any]:
+    top = answer["predictions"][0]
+    target = entry.get("target")
+    return {
+        "frame": index,
+        "time": round(time, 4),
+        "label": top["label"],
+        "probability": top["probability"],
+        "target": None if not target else target["label"],
+        "method": entry.get("method"),
+        "peak": None if spot is None else [round(spot[0], PEAK_DECIMALS), round(spot[1], PEAK_DECIMALS)],
+    }
+
+
+class VideoExplainer:
+    """Explains the frames of one video and writes the overlay video and the records."""
+
+    def __init__(self, client: ExplainClient, settings: VideoSettings) -> None:
+        self.client = client
+        self.settings = settings
+        self.fields = settings.request.fields()
+        self.tally = Tally()  # of the current or last run: what was written before an interruption
+
+    def explain_frame(self, picture: Image.Image, index: int, time: float) -> Outcome:
+        """Send one frame, draw its first map over it; a request that fails becomes the record's ``error``.
+
+        ServerUnreachable is raised: every later frame would fail the same way.
+        """
+        name = f"frame{index:06d}.{self.settings.frame_format}"
+        try:
+            answer = self.client.explain(encode_frame(picture, self.settings.frame_format), name, self.fields)
+            entries = answer.get("explanations") or []
+            if not entries:
+                raise ApiError("the answer has no explanation to draw")
+            heatmap = heatmap_of(entries[0])
+            box = placed_box(answer, picture.size)
+            spot = peak(heatmap, box) if heatmap.max() > 0 else None
+            drawn = overlay_on_original(picture, heatmap, box, self.settings.alpha)
+            return Outcome(_record(index, time, answer, entries[0], spot), drawn, heatmap, box)
+        except ServerUnreachable:
+            raise
+        except ApiError as error:
+            return Outcome({"frame": index, "time": round(time, 4), "error": str(error)})
+        except (KeyError, IndexError, TypeError, ValueError) as error:
+            message = f"unexpected answer from the server ({type(error).__name__}: {error})"
+            return Outcome({"frame": index, "time": round(time, 4), "error": message})
+
+    def run(self, source: Path, out: Path, records: TextIO, on_frame: Callable[[Tally, int | None], None]) -> Tally:
+        """Explain ``source`` into ``out`` (and ``records``); ``on_frame`` sees the tally after each written slot.
+
+        Ctrl-C (KeyboardInterrupt) and any error still finish and close the video; the exception is re-raised.
+        Raises ServerUnreachable, ValueError (no video stream) and PyAV's errors (unreadable input).
+        """
+        tally = self.tally = Tally()
+        settings = self.settings
+        pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="frame")
+        writer: VideoWriter | None = None
+        held: Outcome | None = None
+        try:
+            with av.open(str(source)) as container:
+                if not container.streams.video:
+                    raise ValueError(f"{source} has no video stream")
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+                total = stream.frames or None
+                schedule = Schedule(settings.fps)
+                pending: deque[_Slot] = deque()
+                for index, (time, picture) in enumerate(_frames(container, stream, rate)):
+                    tally.decoded += 1
+                    if writer is None:
+                        writer = VideoWriter(out, rate, picture.size, settings.codec)
+                    answer = pool.submit(self.explain_frame, picture, index, time) if schedule.take(time) else None
+                    pending.append(_Slot(index, time, picture, answer))
+                    while len(pending) > WINDOW_PER_REQUEST * settings.concurrency:
+                        held = self._write(pending.popleft(), writer, records, tally, held)
+                        on_frame(tally, total)
+                while pending:
+                    assert writer is not None
+                    held = self._write(pending.popleft(), writer, records, tally, held)
+                    on_frame(tally, total)
+        except KeyboardInterrupt:
+            tally.interrupted = True
+            raise
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+            if writer is not None:
+                writer.close()
+        return tally
+
+    def _write(
+        self, slot: _Slot, writer: VideoWriter, records: TextIO, tally: Tally, held: Outcome | None
+    ) -> Outcome | None:
+        """Write one frame in order: its overlay, the held map over it, itself, or nothing when it failed."""
+        if slot.answer is None:
+            if self.settings.between == "hold" and held is not None and held.heatmap is not None:
+                assert held.box is not None
+                writer.write(overlay_on_original(slot.picture, held.heatmap, held.box, self.settings.alpha), slot.index)
+            else:
+                writer.write(slot.picture, slot.index)
+            tally.written += 1
+            return held
+        outcome = slot.answer.result()
+        records.write(json.dumps(outcome.record, separators=(",", ":")) + "\n")
+        records.flush()
+        if outcome.overlay is None:
+            tally.failed += 1
+            error = str(outcome.record["error"])
+            tally.errors[error] = tally.errors.get(error, 0) + 1
+            logger.warning("frame %d (%.3f s) failed and is left out: %s", slot.index, slot.time, error)
+            return held
+        writer.write(outcome.overlay, slot.index)
+        tally.explained += 1
+        tally.written += 1
+        return outcome
+
+
+def _frames(container: Any, stream: Any, rate: Fraction) -> Iterator[tuple[float, Image.Image]]:
+    """(time in seconds, RGB picture) of every decoded frame, in order."""
+    for count, frame in enumerate(container.decode(stream)):
+        time = float(frame.time) if frame.time is not None else count / float(rate)
+        yield time, frame.to_image()
