@@ -18,6 +18,7 @@ from handlers.serving.metrics import REASONS, SPECS, ServingMetrics, refusal_rea
 from handlers.testing.fakes import load_context, run_batch, unpack_mar
 from handlers.testing.images import image_bytes
 from handlers.testing.mars import build_custom_mar
+from handlers.testing.torchserve import read_properties
 
 METRICS_YAML = Path(handlers.serving.__file__).parent / "metrics.yaml"
 TS_DEFAULT_YAML = Path(yaml.__file__).parents[1] / "ts" / "configs" / "metrics.yaml"
@@ -107,3 +108,11 @@ def test_a_batch_reports_methods_statuses_reasons_targets_and_its_size(handler):
     latencies = by_name["ExplanationLatencySeconds"]
     assert [labels for _, labels in latencies] == [["gradcam"], ["guided_gradcam"]]
     assert all(0 < seconds < 60 for seconds, _ in latencies)
+
+
+def test_make_serve_config_exports_these_metrics():
+    """config.properties (make serve, from the repository root) turns Prometheus mode on with this YAML."""
+    repo = METRICS_YAML.parents[2]
+    settings = read_properties(repo / "config.properties")
+    assert settings["metrics_mode"] == "prometheus"
+    assert (repo / settings["metrics_config"]).resolve() == METRICS_YAML.resolve()

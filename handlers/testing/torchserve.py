@@ -83,6 +83,8 @@ class TorchServe:
             if base_config
             else {"disable_token_authorization": "true", "default_workers_per_model": "1"}
         )
+        if base_config and "metrics_config" in settings:  # relative to the config's folder, where `make serve` runs
+            settings["metrics_config"] = str((base_config.parent / settings["metrics_config"]).resolve())
         settings.update({f"{kind}_address": f"http://127.0.0.1:{port}" for kind, port in self.ports.items()})
         # gRPC ports and worker sockets must not collide with another server either.
         settings.update(
