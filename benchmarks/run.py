@@ -27,6 +27,7 @@ from benchmarks import (
     engine_bench,
     memory_bench,
     methods_bench,
+    reproducibility_bench,
     scaling_bench,
     threads_bench,
     transformer_bench,
@@ -37,7 +38,7 @@ from benchmarks.report import Section, machine, targets_table
 from benchmarks.settings import FULL, QUICK, Settings
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("engine", "e2e", "memory", "threads", "methods", "transformers", "scaling")
+SECTIONS = ("engine", "e2e", "memory", "threads", "methods", "transformers", "scaling", "reproducibility")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -49,7 +50,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         choices=SECTIONS,
         default=list(SECTIONS),
         help="sections to run (engine: 1, e2e: 2, memory: 3, threads: 4, methods: 5, transformers: 6, "
-        "scaling: 7); default: all",
+        "scaling: 7, reproducibility: 8); default: all",
     )
     parser.add_argument(
         "--output",
@@ -92,6 +93,8 @@ def run_sections(settings: Settings, only: list[str], workdir: Path) -> list[Sec
         sections.append(transformer_bench.run(settings))
     if "scaling" in only:
         sections.append(scaling_bench.run(settings))
+    if "reproducibility" in only:
+        sections.append(reproducibility_bench.run(settings))
     return sections
 
 
