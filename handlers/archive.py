@@ -27,6 +27,7 @@ import torch
 import yaml
 
 from .engine import METHODS, Explainer, Job, TargetLayerError
+from .kserve_layout import MOUNT, ServingSettings, write_layout
 from .models import (
     LabelCountError,
     ModelClassError,
@@ -567,6 +568,18 @@ def _add_common(common: argparse.ArgumentParser) -> None:
     )
     _add_limits(common)
     common.add_argument("--no-check", dest="check", action="store_false", help="skip building the model before packing")
+    common.add_argument(
+        "--kserve-layout",
+        metavar="DIR",
+        help="also write KServe's storage layout for a storageUri: DIR/model-store/NAME.mar (instead of "
+        "--export-path) and DIR/config/config.properties (model snapshot with --batch-size, --max-batch-delay, "
+        "--workers (default 1 per pod), metrics_mode=prometheus)",
+    )
+    common.add_argument(
+        "--kserve-root",
+        default=MOUNT,
+        help=f"where the storage is mounted in the pod, for the paths in that config (default {MOUNT})",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -641,8 +654,16 @@ def main(argv: list[str] | None = None) -> None:
     cli = parser()
     args = cli.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.kserve_layout:
+        args.export_path = str(Path(args.kserve_layout) / "model-store")
     try:
-        path = build_mar(plan_mar(args), args)
+        plan = plan_mar(args)
+        path = build_mar(plan, args)
+        if args.kserve_layout:
+            settings = ServingSettings(
+                plan.name, args.version, args.batch_size, args.max_batch_delay, args.workers or 1, args.response_timeout
+            )
+            print(f"wrote {write_layout(Path(args.kserve_layout), path, settings, args.kserve_root)}")
     except UsageError as error:
         cli.error(str(error))
     except (ModelLoadError, OSError, subprocess.CalledProcessError) as error:

@@ -69,15 +69,20 @@ class TorchServe:
         config: dict[str, str] | None = None,
         base_config: Path | None = None,
         env: dict[str, str] | None = None,
+        args: tuple[str, ...] = ("--ncs",),
+        register: bool = True,
     ) -> None:
         """``base_config``: a config.properties to start from (default: no token, 1 worker);
-        its addresses are always replaced by free loopback ports; ``config`` overrides last;
-        ``env`` adds environment variables for the server and its workers."""
+        its addresses are always replaced by free loopback ports (a management address shared
+        with inference stays shared); ``config`` overrides last; ``env`` adds environment
+        variables for the server and its workers; ``args`` are more ``torchserve`` flags;
+        ``register=False`` leaves loading ``models`` to the config (``model_snapshot``)."""
         self.model_store = model_store
         self.models = models
         self.workdir = workdir
+        self.args = args
+        self.register = register
         workdir.mkdir(parents=True, exist_ok=True)
-        self.ports = {"inference": free_port(), "management": free_port(), "metrics": free_port()}
         settings = (
             read_properties(base_config)
             if base_config
@@ -85,6 +90,10 @@ class TorchServe:
         )
         if base_config and "metrics_config" in settings:  # relative to the config's folder, where `make serve` runs
             settings["metrics_config"] = str((base_config.parent / settings["metrics_config"]).resolve())
+        inference = free_port()
+        shared = settings.get("management_address", "") == settings.get("inference_address")
+        management = inference if shared else free_port()
+        self.ports = {"inference": inference, "management": management, "metrics": free_port()}
         settings.update({f"{kind}_address": f"http://127.0.0.1:{port}" for kind, port in self.ports.items()})
         # gRPC ports and worker sockets must not collide with another server either.
         settings.update(
@@ -119,13 +128,13 @@ class TorchServe:
             str(TORCHSERVE),
             "--start",
             "--foreground",
-            "--ncs",
+            *self.args,
             "--model-store",
             str(self.model_store),
             "--ts-config",
             str(self.config_path),
         ]
-        if self.models:
+        if self.models and self.register:
             command += ["--models", *(f"{name}={mar}" for name, mar in self.models.items())]
         self.console = open(self.workdir / "console.log", "wb")  # noqa: SIM115 - closed by stop()
         self.process = subprocess.Popen(
