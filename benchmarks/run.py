@@ -23,10 +23,12 @@ if not __package__:  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import (
+    camera_bench,
     e2e_bench,
     engine_bench,
     memory_bench,
     methods_bench,
+    policy_bench,
     reproducibility_bench,
     scaling_bench,
     threads_bench,
@@ -38,7 +40,18 @@ from benchmarks.report import Section, machine, targets_table
 from benchmarks.settings import FULL, QUICK, Settings
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("engine", "e2e", "memory", "threads", "methods", "transformers", "scaling", "reproducibility")
+SECTIONS = (
+    "engine",
+    "e2e",
+    "memory",
+    "threads",
+    "methods",
+    "transformers",
+    "scaling",
+    "reproducibility",
+    "policy",
+    "camera",
+)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -50,7 +63,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         choices=SECTIONS,
         default=list(SECTIONS),
         help="sections to run (engine: 1, e2e: 2, memory: 3, threads: 4, methods: 5, transformers: 6, "
-        "scaling: 7, reproducibility: 8); default: all",
+        "scaling: 7, reproducibility: 8, policy: 9, camera: 10); default: all",
     )
     parser.add_argument(
         "--output",
@@ -95,6 +108,10 @@ def run_sections(settings: Settings, only: list[str], workdir: Path) -> list[Sec
         sections.append(scaling_bench.run(settings))
     if "reproducibility" in only:
         sections.append(reproducibility_bench.run(settings))
+    if "camera" in only:
+        sections.append(camera_bench.run(settings, workdir))
+    if "policy" in only:
+        sections.append(policy_bench.run(settings, workdir))
     return sections
 
 
