@@ -160,3 +160,20 @@ def write_video(images: Sequence[np.ndarray], path: Path, fps: int = 10, crf: in
             frame.pts = index
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
+
+
+def within_a_cell(mask: np.ndarray, box: Sequence[float], cells: tuple[int, int], point: Sequence[float]) -> bool:
+    """Whether ``point`` (x, y in the picture's pixels) falls in a map cell next to or on a defect pixel.
+
+    The map's ``cells`` (rows, columns) tile ``box`` (x0, y0, x1, y1) of the picture; a cell is on
+    the defect when the centre of any ``mask`` pixel lies in it: the pointing game with the
+    evaluation's tolerance of one cell, counted in the picture's own pixels.
+    """
+    x0, y0, x1, y1 = (float(v) for v in box)
+    rows, columns = cells
+    ys, xs = np.nonzero(mask)
+    defect_columns = np.floor((xs + 0.5 - x0) / (x1 - x0) * columns)
+    defect_rows = np.floor((ys + 0.5 - y0) / (y1 - y0) * rows)
+    column = np.floor((float(point[0]) - x0) / (x1 - x0) * columns)
+    row = np.floor((float(point[1]) - y0) / (y1 - y0) * rows)
+    return bool(np.any((np.abs(defect_columns - column) <= 1) & (np.abs(defect_rows - row) <= 1)))
