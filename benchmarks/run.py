@@ -26,6 +26,7 @@ from benchmarks import (
     camera_bench,
     e2e_bench,
     engine_bench,
+    faithfulness_bench,
     memory_bench,
     methods_bench,
     policy_bench,
@@ -51,6 +52,7 @@ SECTIONS = (
     "reproducibility",
     "policy",
     "camera",
+    "faithfulness",
 )
 
 
@@ -63,7 +65,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         choices=SECTIONS,
         default=list(SECTIONS),
         help="sections to run (engine: 1, e2e: 2, memory: 3, threads: 4, methods: 5, transformers: 6, "
-        "scaling: 7, reproducibility: 8, policy: 9, camera: 10); default: all",
+        "scaling: 7, reproducibility: 8, policy: 9, camera: 10, faithfulness: 11); default: all",
     )
     parser.add_argument(
         "--output",
@@ -112,6 +114,8 @@ def run_sections(settings: Settings, only: list[str], workdir: Path) -> list[Sec
         sections.append(camera_bench.run(settings, workdir))
     if "policy" in only:
         sections.append(policy_bench.run(settings, workdir))
+    if "faithfulness" in only:
+        sections.append(faithfulness_bench.run(settings))
     return sections
 
 

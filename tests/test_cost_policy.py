@@ -16,21 +16,17 @@ from handlers.testing.images import image_bytes
 from handlers.testing.mars import build_custom_mar
 
 
-def probabilities(*values: float) -> torch.Tensor:
-    return torch.tensor(values)
-
-
 def test_rules_combine_with_or_and_the_first_that_fires_is_the_reason():
     policy = ExplainPolicy(below=0.8, rate=0.5, classes=frozenset({2}))
-    assert policy.decide(probabilities(0.05, 0.05, 0.9), 0.99).reason == "class"  # class before confidence
-    assert policy.decide(probabilities(0.6, 0.3, 0.1), 0.99).reason == "uncertain"
-    assert policy.decide(probabilities(0.9, 0.05, 0.05), 0.1).reason == "sampled"
-    skipped = policy.decide(probabilities(0.9, 0.05, 0.05), 0.7)
+    assert policy.decide(2, 0.9, 0.99).reason == "class"  # class before confidence
+    assert policy.decide(0, 0.6, 0.99).reason == "uncertain"
+    assert policy.decide(0, 0.9, 0.1).reason == "sampled"
+    skipped = policy.decide(0, 0.9, 0.7)
     assert not skipped.explained and skipped.reason == "confident"
-    assert ExplainPolicy(rate=0.5).decide(probabilities(0.9, 0.1), 0.7).reason == "not_sampled"
-    assert ExplainPolicy(classes=frozenset({1})).decide(probabilities(0.9, 0.1), 0.0).reason == "other_class"
-    assert ExplainPolicy(rate=1.0).decide(probabilities(0.99, 0.01), 0.999).explained  # rate 1: all
-    assert not ExplainPolicy(below=0.0).decide(probabilities(0.4, 0.3, 0.3), 0.0).explained  # below 0: none
+    assert ExplainPolicy(rate=0.5).decide(0, 0.9, 0.7).reason == "not_sampled"
+    assert ExplainPolicy(classes=frozenset({1})).decide(0, 0.9, 0.0).reason == "other_class"
+    assert ExplainPolicy(rate=1.0).decide(0, 0.99, 0.999).explained  # rate 1: all
+    assert not ExplainPolicy(below=0.0).decide(0, 0.4, 0.0).explained  # below 0: none
 
 
 def test_sampling_draw_is_reproducible_and_uniform():

@@ -32,12 +32,11 @@ class ExplainPolicy:
     rate: float | None = None  # explain this fraction of requests (by their draw)
     classes: frozenset[int] = frozenset()  # always explain predictions of these classes
 
-    def decide(self, probabilities: torch.Tensor, draw: float) -> Decision:
-        """Whether to explain the image with these class ``probabilities`` (K), and why."""
-        top_probability, top_class = probabilities.max(dim=0)
-        if int(top_class) in self.classes:
+    def decide(self, top_class: int, top_probability: float, draw: float) -> Decision:
+        """Whether to explain an image predicted ``top_class`` with ``top_probability``, and why."""
+        if top_class in self.classes:
             return Decision(True, "class")
-        if self.below is not None and float(top_probability) < self.below:
+        if self.below is not None and top_probability < self.below:
             return Decision(True, "uncertain")
         if self.rate is not None and draw < self.rate:
             return Decision(True, "sampled")
@@ -63,9 +62,7 @@ def draw(key: str) -> float:
 def decide_rows(
     policies: Sequence[ExplainPolicy | None], draws: Sequence[float], probabilities: torch.Tensor
 ) -> list[Decision | None]:
-    """Each row's decision (None where the row has no policy: it is explained as asked)."""
-    rows = probabilities.detach().float().cpu()
-    return [
-        None if policy is None else policy.decide(row, key_draw)
-        for policy, key_draw, row in zip(policies, draws, rows, strict=True)
-    ]
+    """Each row's decision from its N x K ``probabilities`` (None where the row has no policy)."""
+    top_probabilities, top_classes = probabilities.detach().float().max(dim=1)
+    rows = zip(policies, top_classes.tolist(), top_probabilities.tolist(), draws, strict=True)
+    return [None if policy is None else policy.decide(c, p, d) for policy, c, p, d in rows]
