@@ -5,8 +5,9 @@ of a batch and drop v2 ``parameters`` (pytorch/serve #2158; ``ts/torch_handler/r
 Here each KServe request is unfolded into one plain request row per image, the rows of the
 whole batch go through the handler together, and the answers are folded back into one
 protocol-shaped answer per request: ``{"predictions": [...]}`` (v1), ``{"model_name", "id",
-"outputs"}`` (v2), or ``{"error": ...}`` with that request's 4xx. Requests that are not KServe
-pass through untouched.
+"outputs"}`` (v2: one BYTES output per field of the plain answer, ``predictions``, ``explanations``
+and the rest, each holding one JSON string per image), or ``{"error": ...}`` with that request's
+4xx. Requests that are not KServe pass through untouched.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ V1_KEYS = ("instances", "parameters")
 V2_KEYS = ("id", "inputs", "outputs", "parameters")
 # Open Inference Protocol parameters that describe the tensor, not an explanation option.
 V2_TENSOR_PARAMETERS = ("content_type",)
-OUTPUTS = ("predictions", "explanations")  # v2: one BYTES output each, one JSON string per image
 
 
 @dataclass
@@ -242,6 +242,7 @@ class Batch:
             key = b"explanations" if request.explain else b"predictions"
             return None, b'{"' + key + b'":[' + b",".join(bodies) + b"]}"
         answers = [json.loads(body) for body in bodies]
+        names = list(dict.fromkeys(name for answer in answers for name in answer))
         model = (getattr(real, "manifest", None) or {}).get("model", {})
         response = {
             "model_name": real.model_name,
@@ -252,9 +253,9 @@ class Batch:
                     "name": name,
                     "datatype": "BYTES",
                     "shape": [len(answers)],
-                    "data": [json.dumps(answer[name], separators=(",", ":")) for answer in answers],
+                    "data": [json.dumps(answer.get(name), separators=(",", ":")) for answer in answers],
                 }
-                for name in OUTPUTS
+                for name in names
             ],
         }
         return None, json.dumps(response, separators=(",", ":")).encode("utf-8")
