@@ -116,7 +116,7 @@ class _Plan:
     pixels: torch.Tensor  # R: how many of the map's highest pixels are deleted / inserted
 
 
-def _plan(items: Sequence[MapToScore], pixels: int) -> _Plan:
+def _plan(items: Sequence[MapToScore], pixels: int, device: torch.device) -> _Plan:
     index, kind, count = [], [], []
     for i, item in enumerate(items):
         index.append(i)
@@ -127,21 +127,27 @@ def _plan(items: Sequence[MapToScore], pixels: int) -> _Plan:
             index += [i, i]
             kind += [_DELETE, _INSERT]
             count += [removed, removed]
-    return _Plan(*(torch.tensor(values, dtype=torch.long) for values in (index, kind, count)))
+    return _Plan(*(torch.tensor(values, dtype=torch.long, device=device) for values in (index, kind, count)))
 
 
 def _perturbed(
-    images: torch.Tensor, rows: torch.Tensor, masks: torch.Tensor, ranks: torch.Tensor | None, plan: _Plan
+    images: torch.Tensor, rows: torch.Tensor, masks: torch.Tensor, ranks: torch.Tensor, plan: _Plan, blank: bool
 ) -> torch.Tensor:
-    """The images of ``plan``: x blended with the baseline (0) by the map, or by a deletion/insertion mask."""
-    mask = masks[plan.map_index].clone()
-    curve = plan.kind != _MULTIPLY
-    if bool(curve.any()):
-        assert ranks is not None
-        top = ranks[plan.map_index[curve]] < plan.pixels[curve].to(ranks.device)[:, None, None]
-        inserted = (plan.kind[curve] == _INSERT).to(top.device)[:, None, None]
-        mask[curve] = torch.where(inserted, top, ~top).to(mask.dtype)
-    return images[rows[plan.map_index]] * mask[:, None]
+    """The images of ``plan`` (after a blank one if ``blank``): x blended with the baseline (0) by the map,
+    or kept / zeroed by a deletion or insertion step's mask."""
+    inputs = images.new_empty((len(plan.map_index) + int(blank), *images.shape[1:]))
+    shown = inputs[int(blank) :]
+    torch.index_select(images, 0, rows[plan.map_index], out=shown)
+    mask = masks.index_select(0, plan.map_index)
+    curve = torch.nonzero(plan.kind != _MULTIPLY).flatten()
+    if len(curve):
+        top = ranks.index_select(0, plan.map_index[curve]) < plan.pixels[curve, None, None]
+        top ^= (plan.kind[curve] == _DELETE)[:, None, None]  # deletion keeps all but the top pixels
+        mask[curve] = top.to(mask.dtype)
+    shown.mul_(mask.unsqueeze(1))
+    if blank:
+        inputs[0].zero_()
+    return inputs
 
 
 def _probabilities(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
@@ -168,25 +174,21 @@ def measure(model: nn.Module, images: torch.Tensor, items: Sequence[MapToScore])
     device = images.device
     masks = explanation_masks([item.values.to(device) for item in items], size)
     curved = [i for i, item in enumerate(items) if item.steps > 1]
-    ranks = torch.zeros_like(masks, dtype=torch.long)
+    ranks = torch.zeros_like(masks, dtype=torch.int32)
     if curved:
-        ranks[curved] = _ranks(masks[curved])
-    plan = _plan(items, size[0] * size[1])
+        ranks[curved] = _ranks(masks[curved]).int()
+    plan = _plan(items, size[0] * size[1], device)
     rows = torch.tensor([item.row for item in items], dtype=torch.long, device=device)
     per_forward = max(1, _ROWS_BUDGET // images[0].numel())
     probabilities = []
     with torch.inference_mode():
-        blank = torch.zeros_like(images[:1])
         for start in range(0, len(plan.map_index), per_forward):
             part = _Plan(*(t[start : start + per_forward] for t in (plan.map_index, plan.kind, plan.pixels)))
-            inputs = _perturbed(images, rows, masks, ranks if curved else None, part)
-            if start == 0:
-                inputs = torch.cat([blank, inputs])
-            probabilities.append(_probabilities(model, inputs))
+            probabilities.append(_probabilities(model, _perturbed(images, rows, masks, ranks, part, start == 0)))
         shown = torch.cat(probabilities)
     blank_probabilities, shown = shown[0], shown[1:]
     targets = torch.tensor([item.target for item in items], dtype=torch.long, device=device)
-    shown_target = shown[torch.arange(len(shown), device=device), targets[plan.map_index.to(device)]].tolist()
+    shown_target = shown[torch.arange(len(shown), device=device), targets[plan.map_index]].tolist()
     blank_target = blank_probabilities[targets].tolist()
     coverage = masks.flatten(1).mean(1).tolist()
     results, start = [], 0
