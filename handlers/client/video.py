@@ -17,9 +17,12 @@ an all-zero map); a failed frame has ``error`` instead.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
+import signal
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -174,6 +177,7 @@ class VideoExplainer:
         self.settings = settings
         self.fields = settings.request.fields()
         self.tally = Tally()  # of the current or last run: what was written before an interruption
+        self.stop = threading.Event()  # set (e.g. by Ctrl-C, see stop_on_sigint): end after the frame being written
 
     def explain_frame(self, picture: Image.Image, index: int, time: float) -> Outcome:
         """Send one frame, draw its first map over it; a request that fails becomes the record's ``error``.
@@ -202,7 +206,8 @@ class VideoExplainer:
     def run(self, source: Path, out: Path, records: TextIO, on_frame: Callable[[Tally, int | None], None]) -> Tally:
         """Explain ``source`` into ``out`` (and ``records``); ``on_frame`` sees the tally after each written slot.
 
-        Ctrl-C (KeyboardInterrupt) and any error still finish and close the video; the exception is re-raised.
+        ``stop`` set, or Ctrl-C (KeyboardInterrupt) and any error, still finish and close the video; the run then
+        raises KeyboardInterrupt (for ``stop``) or the error.
         Raises ServerUnreachable, ValueError (no video stream) and PyAV's errors (unreadable input).
         """
         tally = self.tally = Tally()
@@ -221,6 +226,7 @@ class VideoExplainer:
                 schedule = Schedule(settings.fps)
                 pending: deque[_Slot] = deque()
                 for index, (time, picture) in enumerate(_frames(container, stream, rate)):
+                    self._check_stop()
                     tally.decoded += 1
                     if writer is None:
                         writer = VideoWriter(out, rate, picture.size, settings.codec)
@@ -229,8 +235,10 @@ class VideoExplainer:
                     while len(pending) > WINDOW_PER_REQUEST * settings.concurrency:
                         held = self._write(pending.popleft(), writer, records, tally, held)
                         on_frame(tally, total)
+                        self._check_stop()
                 while pending:
                     assert writer is not None
+                    self._check_stop()
                     held = self._write(pending.popleft(), writer, records, tally, held)
                     on_frame(tally, total)
         except KeyboardInterrupt:
@@ -241,6 +249,11 @@ class VideoExplainer:
             if writer is not None:
                 writer.close()
         return tally
+
+    def _check_stop(self) -> None:
+        """Raise KeyboardInterrupt once ``stop`` is set: between frames, so the file ends on a whole frame."""
+        if self.stop.is_set():
+            raise KeyboardInterrupt("stop requested")
 
     def _write(
         self, slot: _Slot, writer: VideoWriter, records: TextIO, tally: Tally, held: Outcome | None
@@ -255,6 +268,8 @@ class VideoExplainer:
             tally.written += 1
             return held
         outcome = slot.answer.result()
+        if outcome.overlay is not None:
+            writer.write(outcome.overlay, slot.index)
         records.write(json.dumps(outcome.record, separators=(",", ":")) + "\n")
         records.flush()
         if outcome.overlay is None:
@@ -263,10 +278,25 @@ class VideoExplainer:
             tally.errors[error] = tally.errors.get(error, 0) + 1
             logger.warning("frame %d (%.3f s) failed and is left out: %s", slot.index, slot.time, error)
             return held
-        writer.write(outcome.overlay, slot.index)
         tally.explained += 1
         tally.written += 1
         return outcome
+
+
+@contextlib.contextmanager
+def stop_on_sigint(stop: threading.Event) -> Iterator[None]:
+    """While inside (main thread only): the first Ctrl-C sets ``stop`` (the run ends after a whole frame and
+    closes the video); a second one interrupts at once, as Python's default does."""
+
+    def first(signum: int, frame: Any) -> None:
+        stop.set()
+        signal.signal(signal.SIGINT, previous)
+
+    previous = signal.signal(signal.SIGINT, first)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _frames(container: Any, stream: Any, rate: Fraction) -> Iterator[tuple[float, Image.Image]]:

@@ -35,7 +35,7 @@ from .cli import (
 from .methods import check_request
 from .pipeline import Request
 from .report import BAR_WIDTH
-from .video import BETWEEN, CODEC, FRAME_FORMATS, Tally, VideoExplainer, VideoSettings
+from .video import BETWEEN, CODEC, FRAME_FORMATS, Tally, VideoExplainer, VideoSettings, stop_on_sigint
 
 PROG = "torchserve-gradcam video"
 
@@ -170,7 +170,8 @@ def run(cli: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     explainer = VideoExplainer(client, settings)
     started = time.monotonic()
     try:
-        tally = explainer.run(args.source, args.out, records, progress.update)
+        with stop_on_sigint(explainer.stop):
+            tally = explainer.run(args.source, args.out, records, progress.update)
     except KeyboardInterrupt:
         progress.close()
         written = explainer.tally.written
