@@ -86,7 +86,7 @@ def _unseen(base: np.ndarray) -> np.ndarray:
 def _outline(canvas: np.ndarray, box: Box) -> None:
     """Draw the box's border (clipped to the image) in place."""
     height, width = canvas.shape[:2]
-    x0, y0, x1, y1 = (round(float(v)) for v in box)
+    x0, y0, x1, y1 = (int(np.floor(float(v) + 0.5)) for v in box)  # halves up, as the viewer's Math.round
     left, right = max(0, x0), min(width, x1)
     top, bottom = max(0, y0), min(height, y1)
     if left >= right or top >= bottom:

@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from PIL import Image
+from PIL import Image, ImageOps
 
 from handlers.engine.methods import METHODS
-from handlers.inspection import INPUT_SIZE
+from handlers.inspection import INPUT_SIZE, scenes, synthetic
+from handlers.render.original import overlay_on_original
 from handlers.testing.torchserve import TorchServe, free_port
 
 pytestmark = pytest.mark.integration
@@ -291,3 +292,55 @@ def test_registry_is_the_fallback_when_the_management_api_is_unreachable(page, s
     page.set_input_files("#file", str(sample_files["scratch"]))
     settle(page, overlay_targets(""))
     assert page.inner_text("figure:has(img.overlay) figcaption") == "eigencam: the image (class-agnostic)"
+
+
+def upright_rgb(data: bytes) -> Image.Image:
+    return ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+
+
+def test_maps_on_the_original_picture(page, cors_server, tmp_path):
+    """An EXIF-turned, non-square photo: the map is drawn over the upright photo at its size, as the client draws it."""
+    rng = np.random.default_rng(20261128)
+    taken = scenes.photo(synthetic.render("scratch", rng), (320, 192), orientation=6)
+    path = tmp_path / "turned.jpg"
+    path.write_bytes(taken.data)
+    page.select_option("#method", "gradcam")
+    page.select_option("#show-on", "original")
+    assert page.is_visible("#alpha")
+    page.set_input_files("#file", str(path))
+    settle(page, overlay_targets("scratch"))
+    (drawn,) = overlays(page)
+    assert (drawn["width"], drawn["height"]) == (320, 192)
+    answer = requests.post(
+        f"{cors_server.url()}/predictions/inspection", files={"data": taken.data}, data={"format": "grid"}, timeout=60
+    ).json()
+    expected = overlay_on_original(
+        upright_rgb(taken.data), np.array(answer["explanations"][0]["heatmap"]), answer["geometry"]["box"]
+    )
+    difference = np.abs(
+        np.asarray(decoded(drawn["src"]).convert("RGB"), dtype=np.float64) - np.asarray(expected, dtype=np.float64)
+    )
+    assert difference.mean() < 1.0 and np.percentile(difference, 99) <= 4, (
+        "the browser's JPEG decoding may differ slightly"
+    )
+    assert "the model saw the box (0, 0, 320, 192)" in page.inner_text("figure:has(img.original) .note")
+
+
+def test_the_page_draws_what_the_renderer_draws_where_the_box_crops(page):
+    """The page's sums against handlers.render.original on a box that cuts the picture (fractional, past one edge)."""
+    rng = np.random.default_rng(5)
+    picture = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    heatmap = rng.random((7, 9))
+    box = [10.3, -4.6, 47.8, 30.2]
+    rgba = np.concatenate([picture, np.full((37, 53, 1), 255, np.uint8)], axis=2)
+    drawn = page.evaluate(
+        """async ([pixels, width, height, heatmap, box]) => {
+        const bitmap = await createImageBitmap(new ImageData(new Uint8ClampedArray(pixels), width, height));
+        const canvas = drawOnOriginal(bitmap, heatmap, box, 0.6);
+        return Array.from(canvas.getContext("2d").getImageData(0, 0, width, height).data);
+    }""",
+        [rgba.flatten().tolist(), 53, 37, heatmap.tolist(), box],
+    )
+    browser = np.array(drawn, dtype=np.int64).reshape(37, 53, 4)[..., :3]
+    expected = np.asarray(overlay_on_original(Image.fromarray(picture), heatmap, box, alpha=0.6), dtype=np.int64)
+    assert np.abs(browser - expected).max() <= 1
