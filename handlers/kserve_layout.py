@@ -17,8 +17,10 @@ runs the KServe wrapper on port 8080, which forwards to TorchServe's ``inference
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,10 @@ MOUNT = "/mnt/models"  # where KServe's storage initializer puts the storageUri'
 INFERENCE_ADDRESS = "http://127.0.0.1:8085"  # the KServe wrapper's default TorchServe address
 METRICS_ADDRESS = "http://0.0.0.0:8082"  # the kserve-torchserve runtime's prometheus.kserve.io/port
 METRICS_YAML = Path(__file__).resolve().parent / "serving" / "metrics.yaml"
+# The plain Deployment (deploy/kubernetes): no wrapper, TorchServe itself on the pod's port 8080.
+PLAIN_INFERENCE_ADDRESS = "http://0.0.0.0:8080"
+PLAIN_MANAGEMENT_ADDRESS = "http://127.0.0.1:8081"
+PLAIN_CONFIG = "/etc/torchserve/config.properties"  # the ConfigMap's mount
 # Frontend memory, per the sizing rule of config.prod.properties (README, "Frontend memory").
 JOB_QUEUE_SIZE = 32
 MAX_REQUEST_BYTES = 10 * 2**20
@@ -70,22 +76,39 @@ def vmargs(settings: ServingSettings) -> str:
     )
 
 
-def properties(settings: ServingSettings, root: str = MOUNT, metrics_yaml: bool = True) -> str:
-    """config/config.properties for KServe's TorchServe runtime (``root``: where the storage is mounted)."""
-    lines = [
-        "# Written by python -m handlers.archive --kserve-layout: KServe's pytorch runtime starts",
-        f"#   torchserve --start --model-store={root}/model-store --ts-config={root}/config/config.properties",
-        "# (newer runtimes add --disable-token-auth --enable-model-api) with TS_SERVICE_ENVELOPE=kserve|kservev2.",
-        "# Only the KServe wrapper in the pod (port 8080) reaches inference and management: loopback.",
-        f"inference_address={INFERENCE_ADDRESS}",
-        f"management_address={INFERENCE_ADDRESS}",
+def _addresses(kserve: bool, root: str) -> list[str]:
+    if kserve:
+        return [
+            "# Written by python -m handlers.archive --kserve-layout: KServe's pytorch runtime starts",
+            f"#   torchserve --start --model-store={root}/model-store --ts-config={root}/config/config.properties",
+            "# (newer runtimes add --disable-token-auth --enable-model-api) with TS_SERVICE_ENVELOPE=kserve|kservev2.",
+            "# Only the KServe wrapper in the pod (port 8080) reaches inference and management: loopback.",
+            f"inference_address={INFERENCE_ADDRESS}",
+            f"management_address={INFERENCE_ADDRESS}",
+            f"metrics_address={METRICS_ADDRESS}",
+        ]
+    return [
+        "# Written by python -m handlers.kserve_layout --plain for deploy/kubernetes: the pod runs",
+        f"#   torchserve --start --foreground --model-store {root}/model-store --ts-config {PLAIN_CONFIG}",
+        "# Inference and metrics on the pod network (a NetworkPolicy says who may call them); management in-pod.",
+        f"inference_address={PLAIN_INFERENCE_ADDRESS}",
+        f"management_address={PLAIN_MANAGEMENT_ADDRESS}",
         f"metrics_address={METRICS_ADDRESS}",
+        "enable_model_api=false",
+    ]
+
+
+def properties(settings: ServingSettings, root: str = MOUNT, metrics_yaml: bool = True, kserve: bool = True) -> str:
+    """config.properties for KServe's TorchServe runtime, or (``kserve=False``) for the plain Deployment
+    of deploy/kubernetes; ``root``: where the storage layout is mounted."""
+    lines = [
+        *_addresses(kserve, root),
         "grpc_inference_address=127.0.0.1",
         "grpc_management_address=127.0.0.1",
         "# Off on purpose: with it TorchServe applies TS_SERVICE_ENVELOPE, whose envelopes answer only",
         "# request 0 of a batch (pytorch/serve #2158). The handler answers KServe v1 and v2 itself.",
         "enable_envvars_config=false",
-        "# Access control is the cluster's (ingress, NetworkPolicy), not TorchServe tokens: the wrapper sends none.",
+        "# Access control is the cluster's (ingress, NetworkPolicy), not TorchServe tokens: clients send none.",
         "disable_token_authorization=true",
         "enable_metrics_api=true",
         "metrics_mode=prometheus",
@@ -122,3 +145,25 @@ def write_layout(directory: Path, mar: Path, settings: ServingSettings, root: st
     path = config / "config.properties"
     path.write_text(properties(settings, root, has_metrics), encoding="utf-8")
     return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print a config.properties: ``--plain`` for deploy/kubernetes, else the one --kserve-layout writes."""
+    cli = argparse.ArgumentParser(prog="python -m handlers.kserve_layout", description=main.__doc__)
+    cli.add_argument("--plain", action="store_true", help="for the plain Deployment (deploy/kubernetes)")
+    cli.add_argument("--name", default="inspection")
+    cli.add_argument("--version", default="1.0")
+    cli.add_argument("--batch-size", type=int, default=8)
+    cli.add_argument("--max-batch-delay", type=int, default=50)
+    cli.add_argument("--workers", type=int, default=1)
+    cli.add_argument("--response-timeout", type=int, default=120)
+    cli.add_argument("--root", default=MOUNT, help=f"where the layout is mounted (default {MOUNT})")
+    args = cli.parse_args(argv)
+    settings = ServingSettings(
+        args.name, args.version, args.batch_size, args.max_batch_delay, args.workers, args.response_timeout
+    )
+    sys.stdout.write(properties(settings, args.root, METRICS_YAML.is_file(), kserve=not args.plain))
+
+
+if __name__ == "__main__":
+    main()
