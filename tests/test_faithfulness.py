@@ -22,7 +22,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
 import handlers.engine.faithfulness as faithfulness
 from handlers.engine import METHODS, Explainer, FaithfulnessParams, Job, MethodError, MethodLimits, MethodParams
-from handlers.engine.faithfulness import MapToScore, explanation_masks, measure
+from handlers.engine.faithfulness import MapToScore, blank_probabilities, explanation_masks, measure
 from handlers.evaluation.data import TEST_SEED, default_model, held_out_images
 from handlers.inspection import CLASSES, INPUT_SIZE
 
@@ -75,15 +75,28 @@ def test_the_drop_measure_costs_one_batched_forward_for_the_whole_batch():
     explainer.explain(images, [Job("gradcam", top_classes=2)] * 5)
     plain = len(calls)
     explainer.explain(images, [Job("gradcam", top_classes=2, faithfulness=DROP)] * 5)
-    assert len(calls) == 2 * plain + 1
-    assert calls[-1] == 5 * 2 + 1  # every map, and the blank image
+    assert calls[2 * plain :] == [1, 5 * 2]  # the blank image, once per explainer; then every map
+    explainer.explain(images, [Job("gradcam", top_classes=2, faithfulness=DROP)] * 5)
+    assert len(calls) == 3 * plain + 3 and calls[-1] == 5 * 2  # no blank image any more
+
+
+def test_the_blank_images_probabilities_measured_apart_or_in_the_batch_agree(explainer, images):
+    results = explainer.explain(images, [Job("gradcam")] * len(images))
+    maps = torch.stack([r.explanations[0].values for r in results])
+    items = _items(explainer, images, maps, [r.explanations[0].target for r in results], steps=4)
+    apart = measure(explainer.model, images, items, blank_probabilities(explainer.model, images))
+    for a, b in zip(apart, measure(explainer.model, images, items), strict=True):
+        for field in ("confidence_drop", "coverage", "deletion_auc", "insertion_auc"):
+            assert getattr(a, field) == pytest.approx(getattr(b, field), abs=1e-6)
+        assert (a.score is None) == (b.score is None)
+        assert a.score is None or a.score == pytest.approx(b.score, abs=1e-5)
 
 
 def test_curves_cost_two_forwards_per_inner_step_in_one_batch():
     explainer = Explainer(default_model(), SIZE)
     calls = _counting_forwards(explainer.model)
     explainer.explain(held_out_images(3, seed=TEST_SEED), [Job("gradcam", faithfulness=FULL)] * 3)
-    assert calls[-1] == 3 * (1 + 2 * (FULL.steps - 1)) + 1
+    assert calls[-2:] == [1, 3 * (1 + 2 * (FULL.steps - 1))]  # the blank image, then every map's images
 
 
 def test_mixed_batch_measures_only_class_specific_maps_in_one_call(explainer, images):

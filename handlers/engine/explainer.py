@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from .faithfulness import Faithfulness, FaithfulnessParams, MapToScore, measure
+from .faithfulness import Faithfulness, FaithfulnessParams, MapToScore, blank_probabilities, measure
 from .guided import GuidedReLUMode, GuideSwitch
 from .layers import LayerRecord, discover_target_layer, map_candidates, resolve_target_layer, trace_module_outputs
 from .linear_head import detect_linear_head
@@ -113,6 +113,7 @@ class Explainer:
             limits or MethodLimits(),
         )
         self.guided_note = self._guided_coverage(example)
+        self._blank: torch.Tensor | None = None  # probabilities on a blank input (faithfulness.py), once asked
 
     @property
     def model(self) -> nn.Module:
@@ -216,7 +217,13 @@ class Explainer:
                     confidence = float(result.probabilities[item.target])
                     items.append(MapToScore(row, item.target, item.values, confidence, steps))
                     places.append((row, position))
-        for (row, position), measured in zip(places, measure(self.model, images, items), strict=True):
+        if tuple(images.shape[-2:]) != self.input_size:  # not the usual size: the blank joins the batch
+            measured_items = measure(self.model, images, items)
+        else:
+            if self._blank is None:  # the model's own, the same for every batch: measured once
+                self._blank = blank_probabilities(self.model, images)
+            measured_items = measure(self.model, images, items, self._blank)
+        for (row, position), measured in zip(places, measured_items, strict=True):
             explanations = results[row].explanations
             explanations[position] = replace(explanations[position], faithfulness=measured)
 

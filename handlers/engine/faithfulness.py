@@ -26,9 +26,10 @@ without normalisation sees black), the model sees the explanation image E = b + 
   fractions of the pixels, area under the curve by the trapezoid rule (ties in the map:
   pixel order). Both curves' end points are Y and B, so they cost 2 x (steps - 1) forwards.
 
-All perturbed images of a batch, and one blank baseline image, go through the model in one
-batched forward (chunked only past ``_ROWS_BUDGET`` input pixels) under inference mode,
-after the prediction: the prediction returned is never touched.
+All perturbed images of a batch (and the blank image, unless its probabilities are given:
+they depend on the model only) go through the model in one batched forward (chunked only
+past ``_ROWS_BUDGET`` input values) under inference mode, after the prediction: the
+prediction returned is never touched.
 """
 
 from __future__ import annotations
@@ -163,10 +164,19 @@ def _harmonic(a: float, b: float) -> float:
     return 2 * a * b / (a + b) if a + b > 0 else 0.0
 
 
-def measure(model: nn.Module, images: torch.Tensor, items: Sequence[MapToScore]) -> list[Faithfulness]:
+def blank_probabilities(model: nn.Module, like: torch.Tensor) -> torch.Tensor:
+    """``model``'s class probabilities on the blank image (the baseline everywhere) of ``like``'s shape."""
+    with torch.inference_mode():
+        return _probabilities(model, torch.zeros_like(like[:1]))[0]
+
+
+def measure(
+    model: nn.Module, images: torch.Tensor, items: Sequence[MapToScore], blank: torch.Tensor | None = None
+) -> list[Faithfulness]:
     """The faithfulness of each map in ``items`` to ``model`` (eval mode) on ``images`` (N x C x H x W).
 
-    One batched forward of every perturbed image plus one blank image, in inference mode.
+    One batched forward of every perturbed image, in inference mode; ``blank``: the model's
+    probabilities on the blank image (``blank_probabilities``), else that image joins the forward.
     """
     if not items:
         return []
@@ -184,12 +194,14 @@ def measure(model: nn.Module, images: torch.Tensor, items: Sequence[MapToScore])
     with torch.inference_mode():
         for start in range(0, len(plan.map_index), per_forward):
             part = _Plan(*(t[start : start + per_forward] for t in (plan.map_index, plan.kind, plan.pixels)))
-            probabilities.append(_probabilities(model, _perturbed(images, rows, masks, ranks, part, start == 0)))
+            first = start == 0 and blank is None
+            probabilities.append(_probabilities(model, _perturbed(images, rows, masks, ranks, part, first)))
         shown = torch.cat(probabilities)
-    blank_probabilities, shown = shown[0], shown[1:]
+    if blank is None:
+        blank, shown = shown[0], shown[1:]
     targets = torch.tensor([item.target for item in items], dtype=torch.long, device=device)
     shown_target = shown[torch.arange(len(shown), device=device), targets[plan.map_index]].tolist()
-    blank_target = blank_probabilities[targets].tolist()
+    blank_target = blank.to(device)[targets].tolist()
     coverage = masks.flatten(1).mean(1).tolist()
     results, start = [], 0
     for item, b, cover in zip(items, blank_target, coverage, strict=True):
