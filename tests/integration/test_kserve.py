@@ -21,8 +21,10 @@ from typing import Any
 
 import pytest
 import requests
+import yaml
 
 from handlers.archive import main as archive_main
+from handlers.kserve_layout import MOUNT
 from handlers.serving.handler import GradCamHandler
 from handlers.testing.fakes import load_context, run_batch, unpack_mar
 from handlers.testing.torchserve import TorchServe
@@ -187,3 +189,28 @@ def test_layout_config_is_the_one_served(kserve):
     assert (described["batchSize"], described["maxBatchDelay"]) == (8, BATCH_DELAY_MS)
     assert described["minWorkers"] == described["maxWorkers"] == 1
     assert Path(kserve.model_store, "inspection.mar").is_file()
+
+
+def test_plain_deployment_config_serves_the_layout(tmp_path, samples):
+    """deploy/kubernetes: TorchServe with the ConfigMap's config, started as the Deployment starts it."""
+    archive_main(["inspection", "--no-check", "--workers", "2", "--kserve-layout", str(tmp_path)])
+    configmap = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes" / "configmap.yaml"
+    config = tmp_path / "config" / "config.properties"
+    text = yaml.safe_load(configmap.read_text())["data"]["config.properties"]
+    config.write_text(text.replace(MOUNT, str(tmp_path)))  # the layout is mounted here, not at /mnt/models
+    server = TorchServe(
+        *(tmp_path / "model-store", {"inspection": "inspection.mar"}, tmp_path / "config"),
+        base_config=config,
+        args=(),
+        register=False,
+    )
+    with server:
+        assert requests.get(f"{server.url()}/ping", timeout=10).json() == {"status": "Healthy"}
+        answer = requests.post(f"{server.url()}/predictions/inspection", data=samples["dent"], timeout=60)
+        assert answer.status_code == 200 and answer.json()["predictions"][0]["label"] == "dent"
+        v1 = requests.post(
+            f"{server.url()}/v1/models/inspection:predict", json={"instances": [b64(samples["ok"])]}, timeout=60
+        )
+        assert v1.status_code == 200 and v1.json()["predictions"][0]["predictions"][0]["label"] == "ok"
+        workers = requests.get(f"{server.url('management')}/models/inspection", timeout=10).json()[0]["workers"]
+        assert len(workers) == 2
