@@ -2,8 +2,9 @@
 
 Runs the reference agreement on every subject, the localisation metrics and the
 randomisation test on the default model, draws the example pictures, scores the ViT of
-``inspection/vit.py`` on the same images (default layer and layer by layer), then writes the
-report. Seeded throughout; a few minutes on 2 CPU cores.
+``inspection/vit.py`` on the same images (default layer and layer by layer), checks the served
+faithfulness score (section 6; ``--only faithfulness`` reruns just that section), then writes
+the report. Seeded throughout; a few minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -19,14 +20,17 @@ import torch
 from ..engine import Explainer
 from ..engine.methods import METHODS
 from ..inspection import INPUT_SIZE, WEIGHTS_FILE
-from ..inspection.synthetic import to_tensor
+from ..inspection.synthetic import Sample, to_tensor
 from ..inspection.train import sha256_of
 from .agreement import SUBJECTS, agreement
 from .data import EVALUATION_SEED, default_model, held_out_samples
 from .examples import pick_examples, write_examples
+from .faithfulness import evaluate_faithfulness
 from .family import FAMILY_SUBJECTS, costly, family_agreement
 from .localisation import COSTLY_PARAMS, DEFECTS, family_localisation, localisation
 from .report import Setup, render_report
+from .report_faithfulness import HEADING as FAITHFULNESS_HEADING
+from .report_faithfulness import faithfulness_section
 from .sanity import randomisation_test
 from .transformer import evaluate_vit, vit_training_report
 
@@ -38,6 +42,23 @@ SANITY_PER_DEFECT = 50  # images of each defect kind in the randomisation test
 # this many defect images, the randomisation test on this many (the first, kinds alternating).
 COSTLY_LOCALISATION_IMAGES = 100
 COSTLY_SANITY_IMAGES = 10
+# The faithfulness section's deletion / insertion curves cost 2 x (steps - 1) forwards per map.
+FAITHFULNESS_CURVE_IMAGES = 100
+
+
+def faithfulness_lines(model: torch.nn.Module, samples: Sequence[Sample]) -> list[str]:
+    """Section 6: the served faithfulness score, checked on the same held-out images."""
+    sanity_images = SANITY_PER_DEFECT * len(DEFECTS)
+    result = evaluate_faithfulness(model, samples, sanity_images, COSTLY_LOCALISATION_IMAGES, FAITHFULNESS_CURVE_IMAGES)
+    return faithfulness_section(result)
+
+
+def replace_section(page: str, heading: str, lines: Sequence[str]) -> str:
+    """``page`` with its section ``heading`` (up to the next "## " heading) replaced by ``lines``, or them appended."""
+    rows = page.rstrip("\n").split("\n")
+    start = rows.index(heading) if heading in rows else len(rows)
+    end = next((i for i in range(start + 1, len(rows)) if rows[i].startswith("## ")), len(rows))
+    return "\n".join([*rows[:start], *lines, *rows[end:]]).rstrip("\n") + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -55,10 +76,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=1,
         help="torch CPU threads (default 1: on a busy 2-core machine two threads stall at every op)",
     )
+    parser.add_argument(
+        "--only",
+        choices=["faithfulness"],
+        help="recompute this section alone and replace it in the existing report (the rest is kept)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
+    if args.only == "faithfulness":
+        lines = faithfulness_lines(default_model(), held_out_samples(COUNTS, EVALUATION_SEED))
+        args.out.write_text(replace_section(args.out.read_text(encoding="utf-8"), FAITHFULNESS_HEADING, lines))
+        logger.info("rewrote section 6 of %s in %.0f s", args.out, time.perf_counter() - started)
+        return
 
     agreements = [agreement(subject, as_shipped=True) for subject in args.subjects]
     family = [family_agreement(subject) for subject in args.subjects if subject in FAMILY_SUBJECTS]
@@ -78,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     setup = Setup(EVALUATION_SEED, COUNTS, len(sanity), sha256_of(WEIGHTS_FILE), explainer.layer_name, grid)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     page = render_report(agreements, family, outcome, scores, steps, written, setup, args.out, vit)
-    args.out.write_text(page + "\n", encoding="utf-8")
+    page = replace_section(page, FAITHFULNESS_HEADING, faithfulness_lines(model, samples))
+    args.out.write_text(page, encoding="utf-8")
     logger.info(
         "wrote %s and %d pictures in %s in %.0f s",
         args.out,

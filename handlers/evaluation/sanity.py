@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -81,6 +81,18 @@ def cascade_layers(model: nn.Module) -> list[Layer]:
     return layers[::-1]
 
 
+def randomised_cascade(model: nn.Module) -> Iterator[Layer]:
+    """Re-initialise ``model``'s layers in place, output side first, one more per step (seeded per
+    step); yields the layer each step has just randomised."""
+    for depth, layer in enumerate(cascade_layers(model)):
+        torch.manual_seed(RANDOMISATION_SEED + depth)
+        for module in layer.modules:
+            reset = module.reset_parameters
+            assert callable(reset), f"{type(module).__name__} has no reset_parameters()"
+            reset()
+        yield layer
+
+
 def _jobs(method: str, keys: Sequence[int], params: MethodParams) -> list[Job]:
     """One job per image: its class for class-specific methods, its channel for activations."""
     if REGISTRY[method].class_specific:
@@ -138,12 +150,7 @@ def randomisation_test(
         jobs[m] = _jobs(m, keys[: len(inputs[m])], params)
     originals = {m: _maps(explainer, inputs[m], jobs[m]) for m in methods}
     steps = []
-    for depth, layer in enumerate(cascade_layers(model)):
-        torch.manual_seed(RANDOMISATION_SEED + depth)
-        for module in layer.modules:
-            reset = module.reset_parameters
-            assert callable(reset), f"{type(module).__name__} has no reset_parameters()"
-            reset()
+    for layer in randomised_cascade(model):
         explainer = Explainer(model, size)
         rho, constant = {}, {}
         for method in methods:
