@@ -26,7 +26,15 @@ from urllib.parse import urlsplit
 
 from .api import ApiError, ExplainClient, fetch_description, read_key_file
 from .inputs import collect, output_stems
-from .methods import METHOD_OPTIONS, ModelDescription, check_request, describe, from_registry, from_server
+from .methods import (
+    METHOD_OPTIONS,
+    ModelDescription,
+    check_faithfulness,
+    check_request,
+    describe,
+    from_registry,
+    from_server,
+)
 from .pipeline import Pipeline, Request, Result
 from .report import Progress, summary
 
@@ -151,6 +159,12 @@ def parser() -> argparse.ArgumentParser:
     )
     cli.add_argument(
         "--alpha", type=fraction, help=f"--on original: opacity of the map, 0-1 (default {ORIGINAL_ALPHA})"
+    )
+    cli.add_argument(
+        "--faithfulness",
+        choices=("drop", "full"),
+        help="measure each map's faithfulness to the model (score in the table and the JSON; drop: one more "
+        "forward per batch, full: also deletion/insertion AUC); class-specific methods only",
     )
     cli.add_argument("--top-k", type=positive, help="predictions per image (default: the model's own)")
     cli.add_argument("--concurrency", type=positive, default=4, help="requests in flight at once (default %(default)s)")
@@ -307,7 +321,9 @@ def _explain_all(cli: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         cli.error(f"no image files found in {', '.join(map(str, args.paths))}")
     original_alpha = _original_alpha(cli, args)
     targets, options = split_targets(args.target), method_options(args)
-    problem = check_request(model_description(args, url, model), args.method, targets, options)
+    description = model_description(args, url, model)
+    problem = check_request(description, args.method, targets, options)
+    problem = problem or check_faithfulness(description, args.method, args.faithfulness)
     if problem:
         cli.error(problem)
     try:
@@ -316,7 +332,7 @@ def _explain_all(cli: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         cli.error(f"cannot create --out {args.out}: {error.strerror or error}")
     client = ExplainClient(url, model, token, args.timeout)
     answer_format = "grid" if original_alpha is not None else args.format  # the client draws grids itself
-    request = Request(args.method, targets, args.top_k, answer_format, options)
+    request = Request(args.method, targets, args.top_k, answer_format, options, args.faithfulness)
     pipeline = Pipeline(client, request, args.out, args.sheet, original_alpha)
     progress = Progress(len(images), sys.stderr, enabled=sys.stderr.isatty() and any(p.is_dir() for p in args.paths))
     try:

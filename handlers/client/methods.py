@@ -101,6 +101,14 @@ def check_request(
     return None
 
 
+def check_faithfulness(description: ModelDescription, method: str, faithfulness: str | None) -> str | None:
+    """Why ``--faithfulness`` can't go with ``method`` (a map of no class: no class confidence to test), or None."""
+    info = description.methods.get(method)
+    if faithfulness and info is not None and not info.class_specific:
+        return f"--faithfulness needs a class-specific method; {method!r} maps no class"
+    return None
+
+
 def describe(description: ModelDescription) -> str:
     """The description as text: a methods table, the labels and the layers (what ``--describe`` prints)."""
     details = description.details

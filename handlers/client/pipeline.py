@@ -35,6 +35,7 @@ class Request:
     top_k: int | None = None
     format: str = "overlay"
     options: dict[str, str] = field(default_factory=dict)
+    faithfulness: str | None = None  # "drop" or "full": each map's faithfulness in the answer
 
     def fields(
         self, method: str | None = None, targets: tuple[str, ...] | None = None, fmt: str | None = None
@@ -52,6 +53,8 @@ class Request:
             fields["top_k"] = str(self.top_k)
         if chosen_method == self.method:
             fields.update(self.options)
+        if self.faithfulness:
+            fields["faithfulness"] = self.faithfulness
         return fields
 
 

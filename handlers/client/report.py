@@ -56,7 +56,16 @@ def _explained_cell(answer: dict[str, Any]) -> str:
     entries = answer.get("explanations", [])
     if len(entries) > 1 and all(entry.get("channel") is not None for entry in entries):
         return f"{len(entries)} channels"
-    return ", ".join(explained(entry) for entry in entries) or "-"
+    return ", ".join(explained(entry) + _faithfulness(entry) for entry in entries) or "-"
+
+
+def _faithfulness(entry: dict[str, Any]) -> str:
+    """ " (faithfulness 0.97)" when the answer measured it (n/a where it has no score), else nothing."""
+    measured = entry.get("faithfulness")
+    if not isinstance(measured, dict):
+        return ""
+    score = measured.get("score")
+    return f" (faithfulness {float(score):.2f})" if isinstance(score, (int, float)) else " (faithfulness n/a)"
 
 
 def summary(results: Sequence[Result], root: Path, out_dir: Path) -> str:
