@@ -52,6 +52,7 @@ def test_v1_and_v2_in_one_batch_with_plain_requests(handler):
             "body": json.dumps(
                 {
                     "id": "req-v2",
+                    "model_name": "tiny",  # KServe's own client (InferRequest.to_rest) sends it
                     "inputs": [
                         {
                             "name": "images",

@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 PLAIN, V1, V2 = "plain", "v1", "v2"
 MAX_IMAGES_PER_REQUEST = 64  # bounds the decoded images one request can queue in a worker
 V1_KEYS = ("instances", "parameters")
-V2_KEYS = ("id", "inputs", "outputs", "parameters")
+V2_KEYS = ("id", "inputs", "outputs", "parameters", "model_name", "model_version")  # KServe's client sends the name
 # Open Inference Protocol parameters that describe the tensor, not an explanation option.
 V2_TENSOR_PARAMETERS = ("content_type",)
 
