@@ -43,7 +43,7 @@ from torch import nn
 
 DEFAULT_STEPS = 8
 # Input values per forward of perturbed images: 64 images at 224 x 224, so the drop measure
-# of a batch of 8 with up to 7 targets each is one forward, and memory stays bounded.
+# of a batch of 8 with up to 8 targets each is one forward, and memory stays bounded.
 _ROWS_BUDGET = 64 * 3 * 224 * 224
 _MULTIPLY, _DELETE, _INSERT = 0, 1, 2
 
