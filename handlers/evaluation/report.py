@@ -387,7 +387,8 @@ def render_report(
         "All inputs, weights and targets are seeded and torch runs on one thread: a rerun on the same machine",
         "and library versions rewrites this page and its pictures byte for byte.",
         "The thresholds are asserted by tests/test_reference_agreement.py, tests/test_method_agreement.py,",
-        "tests/test_localisation.py and tests/test_sanity_checks.py on smaller sets.",
+        "tests/test_localisation.py, tests/test_sanity_checks.py and tests/test_faithfulness_evaluation.py on",
+        "smaller sets.",
         "",
     ]
     body = [
