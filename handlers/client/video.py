@@ -184,9 +184,8 @@ class VideoExplainer:
 
         ServerUnreachable is raised: every later frame would fail the same way.
         """
-        name = f"frame{index:06d}.{self.settings.frame_format}"
         try:
-            answer = self.client.explain(encode_frame(picture, self.settings.frame_format), name, self.fields)
+            answer = self.client.explain_raw(encode_frame(picture, self.settings.frame_format), self.fields)
             entries = answer.get("explanations") or []
             if not entries:
                 raise ApiError("the answer has no explanation to draw")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import os
 import signal
@@ -25,7 +26,7 @@ import pytest
 from handlers.client.api import ApiError, ExplainClient
 from handlers.client.cli import main
 from handlers.client.pipeline import Request
-from handlers.client.video import VideoExplainer, VideoSettings
+from handlers.client.video import VideoExplainer, VideoSettings, encode_frame
 from handlers.inspection import scenes
 
 pytestmark = pytest.mark.integration
@@ -44,7 +45,7 @@ def run_cli(*argv: str) -> int:
         return main(["video", *argv])
 
 
-def decoded(path: Path) -> tuple[list[np.ndarray], Fraction]:
+def decoded(path: Path) -> tuple[list[np.ndarray], Fraction | None]:
     """Every frame of a video file as RGB arrays, and its frame rate."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
@@ -136,21 +137,23 @@ def test_fewer_frames_explained_with_fps(server, footage, tmp_path, between):
 
 
 class FailingFrame(ExplainClient):
-    """The real client, except that the request of one frame fails as a refused request would."""
+    """The real client, except that the request carrying one given frame fails as a refused request would."""
 
-    def __init__(self, *args, fail: str, **kwargs) -> None:
+    def __init__(self, *args, fail: bytes, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.fail = fail
 
-    def explain(self, image: bytes, filename: str, fields: dict[str, str]) -> dict:
-        if filename.startswith(self.fail):
+    def explain_raw(self, image: bytes, fields: dict[str, str]) -> dict:
+        if image == self.fail:
             raise ApiError("image is corrupt or truncated", 422)
-        return super().explain(image, filename, fields)
+        return super().explain_raw(image, fields)
 
 
 def test_a_failed_frame_is_reported_and_left_out(server, footage, tmp_path):
     _, video = footage
-    client = FailingFrame(server.url(), "inspection", fail="frame000005")
+    with av.open(str(video)) as container:
+        sixth = next(itertools.islice(container.decode(video=0), 5, None)).to_image()
+    client = FailingFrame(server.url(), "inspection", fail=encode_frame(sixth, "jpeg"))
     out = tmp_path / "gap.mp4"
     with (tmp_path / "gap.jsonl").open("w") as lines:
         tally = VideoExplainer(client, VideoSettings(Request(format="grid"), concurrency=4)).run(
