@@ -76,16 +76,15 @@ def _engine(settings: Settings, section: Section) -> None:
         for name in calls:
             best = deciding.best_ratio(name, NONE)
             rows.append([case.name, name, f"{min(deciding.seconds[name]) * 1e3:.1f}", f"{best:.2f}x"])
-        for method in METHODS:
-            skipped = deciding.best_ratio(f"{method}, policy selects 0 of 8", NONE)
-            section.targets.append(
-                Target(
-                    f"{case.name}: {method}, batch with every image skipped vs method=none",
-                    f"≤ {SKIPPED_GOAL:.2f}x",
-                    f"{skipped:.2f}x best {clock} time",
-                    skipped <= SKIPPED_GOAL,
-                )
+        skipped = deciding.best_ratio(f"{COSTLY}, policy selects 0 of 8", NONE)
+        section.targets.append(
+            Target(
+                f"{case.name}: {COSTLY}, batch with every image skipped vs method=none",
+                f"≤ {SKIPPED_GOAL:.2f}x",
+                f"{skipped:.2f}x best {clock} time",
+                skipped <= SKIPPED_GOAL,
             )
+        )
     section.add(
         f"### Engine, batch {BATCH}, {threads} thread(s): best {clock} times over interleaved rounds",
         table(["model", "path", f"best {clock} ms per batch", "vs method=none"], rows),
@@ -152,21 +151,23 @@ def _end_to_end(settings: Settings, workdir: Path, section: Section) -> None:
     summary = load.summary()
     rows = []
     for concurrency in settings.concurrencies:
-        none = Summary.of(windows[(NONE, concurrency)])
         for name in endpoints:
             result = Summary.of(windows[(name, concurrency)], windows[(NONE, concurrency)])
             rows.append([concurrency, name, *result.cells()])
-        every = Summary.of(windows[(f"{COSTLY}, every request", concurrency)])
-        sampled = Summary.of(windows[(f"{COSTLY}, explain_rate={RATE:g}", concurrency)])
-        extra = 1 / every.rps - 1 / none.rps  # seconds per request that explaining every request adds
-        saved = (1 / every.rps - 1 / sampled.rps) / extra if extra > 0 else 0.0
+        reference = windows[(NONE, concurrency)]
+        every = Summary.of(windows[(f"{COSTLY}, every request", concurrency)], reference)
+        sampled = Summary.of(windows[(f"{COSTLY}, explain_rate={RATE:g}", concurrency)], reference)
+        # Time per request relative to method=none, from the best windows (other load only lowers
+        # throughput): explaining every request adds 1/every - 1; the sampled rate saves part of it.
+        extra = 1 / every.best_ratio - 1
+        saved = (1 / every.best_ratio - 1 / sampled.best_ratio) / extra if extra > 0 else 0.0
         section.targets.append(
             Target(
                 f"end to end inspection c={concurrency}: {COSTLY} at explain_rate={RATE:g}, "
                 "share of explain-all's extra time per request saved",
                 f"≥ {SAVED_GOAL:.2f}",
-                f"{saved:.2f} ({sampled.rps:.1f} req/s vs {every.rps:.1f} all, {none.rps:.1f} none; "
-                f"served rate {served[COSTLY]:.3f})",
+                f"{saved:.2f} (best windows: {sampled.best_ratio:.2f}x of none's throughput, all "
+                f"{every.best_ratio:.2f}x; served rate {served[COSTLY]:.3f})",
                 saved >= SAVED_GOAL,
                 summary.disturbed,
             )
@@ -189,8 +190,10 @@ def run(settings: Settings, workdir: Path) -> Section:
         "A policy explains an image only when a rule selects it (here a sampling rate); the others get the "
         "prediction alone. Grad-CAM decides inside its own forward (a skipped row gets no target, so no map); "
         "Guided Grad-CAM predicts the batch in inference mode, then runs on the selected rows only (a selected "
-        "row pays that forward again). Goals: a batch of skipped rows costs what method=none costs, and at a "
-        f"{RATE:.0%} rate a request saves at least {SAVED_GOAL:.0%} of the time explaining it would add."
+        "row pays that forward again). Goals, judged on Guided Grad-CAM (Grad-CAM already costs about a "
+        "prediction, so there is little to save): a batch of skipped rows costs what method=none costs, and "
+        f"at a {RATE:.0%} rate a request saves at least {SAVED_GOAL:.0%} of the time explaining every request "
+        "adds (best windows, as section 2's verdicts)."
     )
     _engine(settings, section)
     _end_to_end(settings, workdir, section)
