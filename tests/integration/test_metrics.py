@@ -62,18 +62,20 @@ def test_metrics_port_exports_methods_statuses_latency_targets_batches_and_refus
         {"data": image, "explain_below": 0, "explain_rate": 0},  # the policy skips it
     ]
 
-    def post(body: dict) -> int:
-        answer = requests.post(
+    def post(body: dict) -> requests.Response:
+        return requests.post(
             f"{metrics_server.url()}/predictions/{MODEL}",
             data=json.dumps(body),
             headers={"Content-Type": "application/json"},
             timeout=120,
         )
-        return answer.status_code
 
     with ThreadPoolExecutor(len(bodies)) as pool:
-        statuses = list(pool.map(post, bodies))
-    assert statuses == [200, 200, 200, 200, 200, 400, 415, 200]
+        answers = list(pool.map(post, bodies))
+    assert [a.status_code for a in answers] == [200, 200, 200, 200, 200, 400, 415, 200]
+    skipped = answers[-1].json()
+    assert skipped["explained"] is False and skipped["skipped_because"] == "confident"
+    assert skipped["explanations"] == [] and skipped["predictions"]
     families = scrape(metrics_server)
     model = {"ModelName": MODEL}
 
