@@ -34,6 +34,7 @@ from benchmarks import (
     scaling_bench,
     threads_bench,
     transformer_bench,
+    video_bench,
 )
 from benchmarks.artifacts import build
 from benchmarks.monitor import ForeignLoad
@@ -53,6 +54,7 @@ SECTIONS = (
     "policy",
     "camera",
     "faithfulness",
+    "video",
 )
 
 
@@ -65,7 +67,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         choices=SECTIONS,
         default=list(SECTIONS),
         help="sections to run (engine: 1, e2e: 2, memory: 3, threads: 4, methods: 5, transformers: 6, "
-        "scaling: 7, reproducibility: 8, policy: 9, camera: 10, faithfulness: 11); default: all",
+        "scaling: 7, reproducibility: 8, policy: 9, camera: 10, faithfulness: 11, video: 12); default: all",
     )
     parser.add_argument(
         "--output",
@@ -116,6 +118,8 @@ def run_sections(settings: Settings, only: list[str], workdir: Path) -> list[Sec
         sections.append(policy_bench.run(settings, workdir))
     if "faithfulness" in only:
         sections.append(faithfulness_bench.run(settings))
+    if "video" in only:
+        sections.append(video_bench.run(settings, workdir))
     return sections
 
 

@@ -1,0 +1,171 @@
+"""Explained video end to end (section 12): the video client's frames/s against the server's images/s.
+
+A generated production-line video (``handlers.inspection.scenes.footage``, H.264) goes through
+the client's video command code (``VideoExplainer``: PyAV decoding, frames sent as JPEG at
+concurrency 8, maps drawn over the frames, H.264 written); in alternating windows the
+closed-loop load generator sends the same frames, encoded as the client sends them, as
+single-image requests at the same concurrency. The ratio is the video's frames/s over the
+single images' requests/s. The client runs on the same machine as the server, so its own CPU
+(reported per frame) is taken from the server's: on a machine with few cores that, not the
+batching, is what the ratio measures.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from handlers.client.api import ExplainClient
+from handlers.client.pipeline import Request
+from handlers.client.video import VideoExplainer, VideoSettings, encode_frame
+from handlers.inspection import scenes
+
+from .artifacts import build_ours
+from .load import Shot, run_window
+from .monitor import ForeignLoad
+from .report import Section, Target, table
+from .server import BenchServer
+from .settings import Settings
+
+GOAL = 0.9  # video frames/s over single-image requests/s
+CONCURRENCY = 8  # = the MAR's batch size: every batch can fill from one client
+FPS = 25
+SEED = 2026
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One size of the test video: its file and its frames as the client sends them."""
+
+    size: tuple[int, int]
+    video: Path
+    frames: tuple[bytes, ...]
+
+
+@dataclass
+class Measured:
+    """Alternating windows of one clip: single-image requests/s, video frames/s, client CPU per frame."""
+
+    singles: list[float]
+    videos: list[float]
+    client_cpu_ms: list[float]
+    errors: int = 0
+
+    def ratios(self) -> list[float]:
+        return [video / single for video, single in zip(self.videos, self.singles, strict=True) if single > 0]
+
+
+def clip(folder: Path, size: tuple[int, int], frames: int) -> Clip:
+    """The footage at ``size``, written as H.264, and each frame as the JPEG the client would send."""
+    footage = scenes.footage(SEED, size, frames)
+    video = folder / f"line_{size[0]}x{size[1]}.mp4"
+    scenes.write_video([frame.image for frame in footage], video, FPS, crf=18)
+    return Clip(size, video, tuple(encode_frame(Image.fromarray(frame.image), "jpeg") for frame in footage))
+
+
+def explain_video(server: BenchServer, source: Clip, out: Path) -> tuple[float, float, int]:
+    """One run of the video client over the clip: (frames/s, client CPU ms per frame, failed frames)."""
+    client = ExplainClient(server.url(), "inspection")
+    explainer = VideoExplainer(client, VideoSettings(Request(format="grid"), concurrency=CONCURRENCY))
+    started, cpu = time.monotonic(), time.process_time()
+    with (out.with_suffix(".jsonl")).open("w") as records:
+        tally = explainer.run(source.video, out, records, lambda *_: None)
+    elapsed, cpu = time.monotonic() - started, time.process_time() - cpu
+    client.close()
+    done = tally.written + tally.failed
+    return done / elapsed, cpu / max(done, 1) * 1e3, tally.failed
+
+
+def measure(server: BenchServer, source: Clip, settings: Settings, rounds: int, workdir: Path) -> Measured:
+    """Warm-up, then ``rounds`` of a single-image window and a video run, in alternating order."""
+    url = f"{server.url()}/predictions/inspection"
+    shots = [Shot(url, frame, {"X-Explain-Format": "grid"}) for frame in source.frames]
+    most = settings.max_requests_per_window
+    run_window(shots, CONCURRENCY, settings.warmup_window_s, max_requests=most)
+    explain_video(server, source, workdir / "warmup.mp4")
+    measured = Measured([], [], [])
+    for r in range(rounds):
+        steps = ["single", "video"] if r % 2 == 0 else ["video", "single"]
+        for step in steps:
+            if step == "single":
+                window = run_window(shots, CONCURRENCY, settings.window_s, max_requests=most)
+                measured.singles.append(window.rps)
+                measured.errors += window.errors
+            else:
+                rate, cpu_ms, failed = explain_video(server, source, workdir / f"round{r}.mp4")
+                measured.videos.append(rate)
+                measured.client_cpu_ms.append(cpu_ms)
+                measured.errors += failed
+    return measured
+
+
+def run(settings: Settings, workdir: Path) -> Section:
+    section = Section("12. Explained video: frames/s end to end vs single images of the same size")
+    quick = settings.name == "quick"
+    sizes = {(256, 192): 120 if quick else 400} | ({} if quick else {(640, 480): 200})
+    rounds = 1 if quick else max(2, settings.e2e_rounds)
+    folder = workdir / "video"
+    store = folder / "store"
+    store.mkdir(parents=True, exist_ok=True)
+    mar = build_ours(store, "inspection", "video_inspection", None)
+    clips = [clip(folder, size, frames) for size, frames in sizes.items()]
+    rows, verdicts = [], []
+    with (
+        ForeignLoad() as load,
+        BenchServer(store, {"inspection": mar}, folder / "server", env={"OMP_NUM_THREADS": "1"}) as server,
+    ):
+        for source in clips:
+            measured = measure(server, source, settings, rounds, folder)
+            ratios = measured.ratios()
+            best = max(measured.videos) / max(measured.singles)
+            label = f"{source.size[0]}x{source.size[1]}"
+            rows.append(
+                [
+                    label,
+                    f"{len(source.frames)}",
+                    f"{statistics.median(measured.singles):.1f}",
+                    f"{statistics.median(measured.videos):.1f}",
+                    f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}–{max(ratios):.2f})",
+                    f"{best:.2f}x",
+                    f"{statistics.median(measured.client_cpu_ms):.1f}",
+                    str(measured.errors),
+                ]
+            )
+            verdicts.append((label, statistics.median(ratios)))
+    summary = load.summary()
+    section.add(
+        f"The generated line video ({FPS} frames/s, H.264) explained by the client's video code (Grad-CAM, "
+        f"frames as JPEG quality 95, concurrency {CONCURRENCY}, every frame drawn and written), against the "
+        f"same frames sent as single-image requests by the load generator at the same concurrency, in "
+        f"alternating windows ({rounds} round(s) per size; one server, batchSize 8, one worker, "
+        f"OMP_NUM_THREADS=1). Client and server share this machine: the client's CPU per frame is taken "
+        f"from the server. During this section {summary.describe()}.",
+        table(
+            [
+                "frame size",
+                "frames",
+                "single images req/s",
+                "video frames/s",
+                "ratio per round",
+                "best/best",
+                "client CPU ms/frame",
+                "errors",
+            ],
+            rows,
+        ),
+    )
+    for label, ratio in verdicts:
+        section.targets.append(
+            Target(
+                f"explained video {label}: frames/s vs single images/s",
+                f"≥ {GOAL:.1f}x",
+                f"{ratio:.2f}x",
+                ratio >= GOAL,
+                summary.disturbed,
+            )
+        )
+    return section
