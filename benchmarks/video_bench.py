@@ -23,6 +23,7 @@ from handlers.client.api import ExplainClient
 from handlers.client.pipeline import Request
 from handlers.client.video import VideoExplainer, VideoSettings, encode_frame
 from handlers.inspection import scenes
+from handlers.testing.torchserve import TorchServe
 
 from .artifacts import build_ours
 from .load import Shot, run_window
@@ -67,7 +68,7 @@ def clip(folder: Path, size: tuple[int, int], frames: int) -> Clip:
     return Clip(size, video, tuple(encode_frame(Image.fromarray(frame.image), "jpeg") for frame in footage))
 
 
-def explain_video(server: BenchServer, source: Clip, out: Path) -> tuple[float, float, int]:
+def explain_video(server: TorchServe, source: Clip, out: Path) -> tuple[float, float, int]:
     """One run of the video client over the clip: (frames/s, client CPU ms per frame, failed frames)."""
     client = ExplainClient(server.url(), "inspection")
     explainer = VideoExplainer(client, VideoSettings(Request(format="grid"), concurrency=CONCURRENCY))
@@ -80,7 +81,7 @@ def explain_video(server: BenchServer, source: Clip, out: Path) -> tuple[float, 
     return done / elapsed, cpu / max(done, 1) * 1e3, tally.failed
 
 
-def measure(server: BenchServer, source: Clip, settings: Settings, rounds: int, workdir: Path) -> Measured:
+def measure(server: TorchServe, source: Clip, settings: Settings, rounds: int, workdir: Path) -> Measured:
     """Warm-up, then ``rounds`` of a single-image window and a video run, in alternating order."""
     url = f"{server.url()}/predictions/inspection"
     shots = [Shot(url, frame, {"X-Explain-Format": "grid"}) for frame in source.frames]
