@@ -16,6 +16,7 @@ from .linear_head import detect_linear_head
 from .methods import METHODS, ExplainedModel, MapLayer, MethodError, MethodLimits, MethodParams
 from .methods.base import predict
 from .policy import Decision, ExplainPolicy, decide_rows, draw
+from .row_limits import find_row_limits
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class Explainer:
         assert record.layout is not None
         channels_first = record.layout.kind == "nchw"
         head = detect_linear_head(model, record.module, example, records) if cam_fast_path and channels_first else None
+        row_limits = find_row_limits(model, record.module, records, example) if head is None else ()
         self.explained = ExplainedModel(
             model,
             record.module,
@@ -111,6 +113,7 @@ class Explainer:
             input_size,
             _map_layers(records),
             limits or MethodLimits(),
+            row_limits,
         )
         self.guided_note = self._guided_coverage(example)
         self._blank: torch.Tensor | None = None  # probabilities on a blank input (faithfulness.py), once asked

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..layers import MapLayout
 from ..linear_head import LinearHead
+from ..row_limits import RowLimit
 
 
 class MethodError(ValueError):
@@ -54,6 +55,7 @@ class ExplainedModel:
     input_size: tuple[int, int]
     layers: dict[str, MapLayer]  # every module with a channels-first map output, last first
     limits: MethodLimits
+    row_limits: tuple[RowLimit, ...] = ()  # token-wise modules back-propagated for the read tokens only
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..capture import capture_activation
+from ..row_limits import limit_rows
 from .base import ExplainedModel, Method, MethodError, MethodOutput, MethodParams, Resolver, TargetSlots
 
 _EPS_PLUSPLUS = 1e-6  # pytorch-grad-cam's constants, so maps agree to float precision
@@ -54,7 +55,11 @@ class GradientCam(Method):
                 gradients = head.gradient(slots.targets, activations)
                 maps = torch.relu(self.combine(activations, gradients))
             return MethodOutput(logits, slots, maps)
-        with torch.enable_grad(), capture_activation(model.layer, True, model.layout) as capture:
+        with (
+            torch.enable_grad(),
+            capture_activation(model.layer, True, model.layout) as capture,
+            limit_rows(model.row_limits),
+        ):
             logits = model.model(images)
             slots = TargetSlots.build(resolve(logits.detach()), images.device)
             activations = capture.take()
