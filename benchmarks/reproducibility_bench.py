@@ -17,7 +17,9 @@ from .cases import cases
 from .report import Section, Target, table
 from .settings import Settings
 
-BOUND = 1e-5  # what the README promises on CPU
+# What the README promises on CPU: one-pass maps, and maps summed over many passes (IG, occlusion).
+BOUNDS = {"one pass": 1e-4, "many passes": 2e-3}
+MANY_PASSES = ("occlusion", "integrated_gradients")
 FEW_PASSES = {
     "inspection": MethodParams(window=32, stride=32, steps=4),
     "resnet50": MethodParams(window=112, stride=112, steps=2),
@@ -31,21 +33,29 @@ def run(settings: Settings) -> Section:
     section.add(
         "Largest difference, after max-normalisation, of an image's maps and probabilities between "
         f"being explained alone and last in batches of {' and '.join(map(str, BATCH_SIZES))} whose other "
-        "images ask for other targets (worst of two probe images). Occlusion and integrated gradients run "
+        "images ask for other targets (worst of two probe images; seeded N(0, 1) inputs). Occlusion and integrated gradients run "
         "with few passes (window 32 on the default model, ResNet-50 window 112; 4 and 2 "
         "steps). Deterministic: not affected by other load."
     )
-    rows, worst = [], 0.0
+    rows, worst = [], dict.fromkeys(BOUNDS, 0.0)
     for case in cases(("inspection",) if settings.name == "quick" else ("inspection", "resnet50")):
         explainer = Explainer(case.model, case.input_size)
         methods = QUICK_METHODS if settings.name == "quick" else explainer.methods
         generator = torch.Generator().manual_seed(0)
         images = torch.randn((max(BATCH_SIZES) + 1, 3, *case.input_size), generator=generator)
         differences = composition_differences(explainer, images, methods, FEW_PASSES[case.name])
-        worst = max(worst, *differences.values())
+        for method, value in differences.items():
+            kind = "many passes" if method in MANY_PASSES else "one pass"
+            worst[kind] = max(worst[kind], value)
         rows += [[case.name, method, f"{value:.1e}"] for method, value in differences.items()]
     section.add(table(["model", "method", "max difference"], rows))
-    section.targets.append(
-        Target("same image in another batch: largest map difference", f"≤ {BOUND:.0e}", f"{worst:.1e}", worst <= BOUND)
-    )
+    for kind, bound in BOUNDS.items():
+        section.targets.append(
+            Target(
+                f"same image in another batch: largest difference, {kind} methods",
+                f"≤ {bound:.0e}",
+                f"{worst[kind]:.1e}",
+                worst[kind] <= bound,
+            )
+        )
     return section
