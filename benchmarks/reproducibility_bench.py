@@ -33,7 +33,8 @@ def run(settings: Settings) -> Section:
     section.add(
         "Largest difference, after max-normalisation, of an image's maps and probabilities between "
         f"being explained alone and last in batches of {' and '.join(map(str, BATCH_SIZES))} whose other "
-        "images ask for other targets (worst of two probe images; seeded N(0, 1) inputs). Occlusion and integrated gradients run "
+        "images ask for other targets (worst of two probe images; seeded N(0, 1) inputs). Occlusion and "
+        "integrated gradients run "
         "with few passes (window 32 on the default model, ResNet-50 window 112; 4 and 2 "
         "steps). Deterministic: not affected by other load."
     )
