@@ -85,18 +85,24 @@ def explanation_masks(maps: Sequence[torch.Tensor], size: tuple[int, int]) -> to
 
     An all-zero map stays all zero. Maps of one shape are upsampled together.
     """
-    device = maps[0].device if maps else torch.device("cpu")
-    masks = torch.zeros((len(maps), *size), device=device)
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for i, values in enumerate(maps):
         by_shape.setdefault(tuple(values.shape), []).append(i)
+    if len(by_shape) == 1:  # the usual case: one method, one resolution
+        return _scaled(torch.stack(list(maps)), size)
+    masks = torch.empty((len(maps), *size), device=maps[0].device if maps else None)
     for indices in by_shape.values():
-        stacked = torch.stack([maps[i] for i in indices]).float().clamp_min(0)[:, None]
-        if tuple(stacked.shape[-2:]) != size:
-            stacked = F.interpolate(stacked, size=size, mode="bilinear", align_corners=False).clamp_min(0)
-        peak = stacked.amax(dim=(1, 2, 3), keepdim=True)
-        masks[indices] = torch.where(peak > 0, stacked / peak.clamp_min(1e-30), torch.zeros_like(stacked))[:, 0]
+        masks[indices] = _scaled(torch.stack([maps[i] for i in indices]), size)
     return masks
+
+
+def _scaled(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """M x h x w maps clipped at 0, bilinear to ``size`` (non-negative in, non-negative out), max 1 each."""
+    scaled = maps.float().clamp_min(0)[:, None]
+    if tuple(scaled.shape[-2:]) != size:
+        scaled = F.interpolate(scaled, size=size, mode="bilinear", align_corners=False)
+    peak = scaled.amax(dim=(1, 2, 3), keepdim=True).clamp_min_(torch.finfo(torch.float32).tiny)
+    return scaled.div_(peak)[:, 0]  # an all-zero map divided by the smallest float stays all zero
 
 
 def _ranks(masks: torch.Tensor) -> torch.Tensor:
@@ -184,7 +190,7 @@ def measure(
     device = images.device
     masks = explanation_masks([item.values.to(device) for item in items], size)
     curved = [i for i, item in enumerate(items) if item.steps > 1]
-    ranks = torch.zeros_like(masks, dtype=torch.int32)
+    ranks = torch.zeros_like(masks, dtype=torch.int32) if curved else masks.new_empty(0, dtype=torch.int32)
     if curved:
         ranks[curved] = _ranks(masks[curved]).int()
     plan = _plan(items, size[0] * size[1], device)
