@@ -10,12 +10,16 @@
   applies) in front of TorchServe's stock ``ImageClassifier`` on the same weights, which the
   envelope was written for, at ``batchSize`` 8 and at 1;
 - our layout (``enable_envvars_config=false``: the variable is ignored, the handler parses
-  v1/v2 itself) at ``batchSize`` 8 and 1, each answer with its Grad-CAM.
+  v1/v2 itself) at ``batchSize`` 8 and 1, each answer with its Grad-CAM;
+- our layout with ``enable_envvars_config=true`` forced, to show what the setting prevents.
 
-Every row sends the same N one-image requests at concurrency 8 and counts the answers that
-came back 200 in the protocol's shape, the failures by status, and the answered requests
-per second (wall time of the whole run); the served ``batchSize`` is read back from the
-management API, and the requests per batch from our handler's log. Results: benchmarks/RESULTS-kserve.md.
+Every server's workers run one torch thread (``OMP_NUM_THREADS=1``, which our handler also
+sets by itself; the stock handler would otherwise run a thread per core, which on a busy
+machine measures OpenMP contention, not the protocol). Every row sends the same N one-image
+requests at concurrency 8 and counts the answers that came back 200 in the protocol's shape,
+the failures by status, and the answered requests per second (wall time of the whole run);
+the served ``batchSize`` is read back from the management API, and the requests per batch
+from our handler's log. Results: benchmarks/RESULTS-kserve.md.
 """
 
 from __future__ import annotations
@@ -131,7 +135,7 @@ def run(root: Path, envelope: str, apply_envelope: bool, requests_total: int) ->
         root / "config",
         base_config=root / "config" / "config.properties",
         config={**config, "disable_system_metrics": "true"},
-        env={"TS_SERVICE_ENVELOPE": envelope},
+        env={"TS_SERVICE_ENVELOPE": envelope, "OMP_NUM_THREADS": "1"},
         args=KSERVE_ARGS,
         register=False,
     )
@@ -169,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         plan = [
             ("stock ImageClassifier", True, stock_mar),
             ("ours (gradcam in every answer)", False, None),
+            ("ours, envelope forced on", True, None),
         ]
         for handler, apply_envelope, mar in plan:
             for batch_size in (8, 1):
@@ -186,7 +191,8 @@ def main(argv: list[str] | None = None) -> None:
         [
             about,
             f"{args.requests} one-image requests per row at concurrency {CONCURRENCY} (the four sample PNGs of "
-            f"`handlers/inspection/samples`), maxBatchDelay {BATCH_DELAY_MS} ms, one worker; TorchServe started "
+            f"`handlers/inspection/samples`), maxBatchDelay {BATCH_DELAY_MS} ms, one worker with one torch thread "
+            "(`OMP_NUM_THREADS=1`); TorchServe started "
             "as KServe's runtime starts it, on the layout of `python -m handlers.archive --kserve-layout`. "
             "Answered: HTTP 200 with one answer in the protocol's shape. Regenerate with "
             "`python -m benchmarks.kserve_bench`.",
