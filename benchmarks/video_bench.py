@@ -7,16 +7,22 @@ closed-loop load generator sends the same frames, encoded as the client sends th
 single-image requests at the same concurrency. The ratio is the video's frames/s over the
 single images' requests/s. The client runs on the same machine as the server, so its own CPU
 (reported per frame) is taken from the server's: on a machine with few cores that, not the
-batching, is what the ratio measures.
+batching, is what the ratio measures. So each size is measured twice: all processes on all
+cores, and with the cores split (the server's threads on one half, the client, or the load
+generator, on the other), as when the client has a machine of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 from PIL import Image
 
 from handlers.client.api import ExplainClient
@@ -58,6 +64,35 @@ class Measured:
 
     def ratios(self) -> list[float]:
         return [video / single for video, single in zip(self.videos, self.singles, strict=True) if single > 0]
+
+
+def _pin(pid: int, cores: set[int]) -> None:
+    """Every thread of process ``pid`` onto ``cores`` (affinity is per thread on Linux)."""
+    for thread in psutil.Process(pid).threads():
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(thread.id, cores)
+
+
+@contextlib.contextmanager
+def split_cores(server: TorchServe) -> Iterator[bool]:
+    """While inside: the server's processes on the first half of the cores, this thread (and the threads it
+    starts: the client's, the load generator's) on the other half. Yields False with fewer than 2 cores."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2 or server.process is None:
+        yield False
+        return
+    half = len(cores) // 2
+    processes = [server.process.pid, *(child.pid for child in psutil.Process(server.process.pid).children(True))]
+    try:
+        for pid in processes:
+            _pin(pid, set(cores[:half]))
+        os.sched_setaffinity(0, set(cores[half:]))
+        yield True
+    finally:
+        os.sched_setaffinity(0, set(cores))
+        for pid in processes:
+            with contextlib.suppress(psutil.Error):
+                _pin(pid, set(cores))
 
 
 def clip(folder: Path, size: tuple[int, int], frames: int) -> Clip:
@@ -120,23 +155,27 @@ def run(settings: Settings, workdir: Path) -> Section:
         BenchServer(store, {"inspection": mar}, folder / "server", env={"OMP_NUM_THREADS": "1"}) as server,
     ):
         for source in clips:
-            measured = measure(server, source, settings, rounds, folder)
-            ratios = measured.ratios()
-            best = max(measured.videos) / max(measured.singles)
-            label = f"{source.size[0]}x{source.size[1]}"
-            rows.append(
-                [
-                    label,
-                    f"{len(source.frames)}",
-                    f"{statistics.median(measured.singles):.1f}",
-                    f"{statistics.median(measured.videos):.1f}",
-                    f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}–{max(ratios):.2f})",
-                    f"{best:.2f}x",
-                    f"{statistics.median(measured.client_cpu_ms):.1f}",
-                    str(measured.errors),
-                ]
-            )
-            verdicts.append((label, statistics.median(ratios)))
+            for placement in ("shared", "split"):
+                with split_cores(server) if placement == "split" else contextlib.nullcontext(True) as placed:
+                    if not placed:
+                        continue
+                    measured = measure(server, source, settings, rounds, folder)
+                ratios = measured.ratios()
+                best = max(measured.videos) / max(measured.singles)
+                label = f"{source.size[0]}x{source.size[1]}, cores {placement}"
+                rows.append(
+                    [
+                        label,
+                        f"{len(source.frames)}",
+                        f"{statistics.median(measured.singles):.1f}",
+                        f"{statistics.median(measured.videos):.1f}",
+                        f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}–{max(ratios):.2f})",
+                        f"{best:.2f}x",
+                        f"{statistics.median(measured.client_cpu_ms):.1f}",
+                        str(measured.errors),
+                    ]
+                )
+                verdicts.append((label, statistics.median(ratios)))
     summary = load.summary()
     section.add(
         f"The generated line video ({FPS} frames/s, H.264) explained by the client's video code (Grad-CAM, "
@@ -144,10 +183,11 @@ def run(settings: Settings, workdir: Path) -> Section:
         f"same frames sent as single-image requests by the load generator at the same concurrency, in "
         f"alternating windows ({rounds} round(s) per size; one server, batchSize 8, one worker, "
         f"OMP_NUM_THREADS=1). Client and server share this machine: the client's CPU per frame is taken "
-        f"from the server. During this section {summary.describe()}.",
+        f"from the server when the cores are shared; 'split' puts the server on half the cores and the client "
+        f"(or load generator) on the other half. During this section {summary.describe()}.",
         table(
             [
-                "frame size",
+                "frame size, cores",
                 "frames",
                 "single images req/s",
                 "video frames/s",
