@@ -36,6 +36,10 @@ VARIANTS: dict[str, tuple[str, int, FaithfulnessParams | None]] = {
 }
 
 
+def _predict(model: torch.nn.Module, images: torch.Tensor) -> Callable[[], object]:
+    return lambda: baselines.predict(model, images)
+
+
 def _call(explainer: Explainer, images: torch.Tensor, job: Job) -> Callable[[], object]:
     jobs = [job] * len(images)
     return lambda: explainer.explain(images, jobs)
@@ -55,7 +59,7 @@ def run(settings: Settings) -> Section:
     for case in cases(settings.engine_models):
         explainer, _ = explainers(case)
         images = case.images(BATCH)
-        calls: dict[str, Callable[[], object]] = {PLAIN: lambda m=case.model, x=images: baselines.predict(m, x)}
+        calls: dict[str, Callable[[], object]] = {PLAIN: _predict(case.model, images)}
         for name, (_, maps, params) in VARIANTS.items():
             calls[name] = _call(explainer, images, Job("gradcam", top_classes=maps, faithfulness=params))
         rows_per_call = {name: _forward_rows(explainer, call) for name, call in calls.items() if name != PLAIN}
