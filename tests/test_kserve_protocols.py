@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ts.torch_handler.request_envelope.kserve import KServeEnvelope
 
+from handlers.serving import kserve
 from handlers.serving.handler import GradCamHandler
 from handlers.serving.kserve import unfold
-from handlers.testing.fakes import load_context, run_batch, unpack_mar
+from handlers.testing.fakes import load_context, run_batch, unpack_mar, with_requests
 from handlers.testing.images import image_bytes
 from handlers.testing.mars import build_custom_mar
 
@@ -135,3 +137,14 @@ def test_plain_batches_are_not_unfolded(handler):
     ]
     batch = unfold(rows, handler.context)
     assert batch.rows == rows and batch.context is handler.context and not batch.unfolded
+
+
+def test_torchserves_envelope_in_front_is_named_in_the_log(handler, caplog, monkeypatch):
+    """With service_envelope on, TorchServe's KServe envelope calls the handler: say what to change."""
+    monkeypatch.setattr(kserve, "_envelope_warned", False)
+    context = with_requests(handler.context, [{"explain": "False"}])
+    with caplog.at_level("ERROR", logger="handlers.serving.kserve"):
+        KServeEnvelope(handler.handle).handle([{"body": {"instances": [b64(1)]}}], context)
+        run_batch(handler, [{"body": {"instances": [b64(1)]}}])  # called by TorchServe directly: no warning
+    (record,) = [r for r in caplog.records if "service envelope is on" in r.getMessage()]
+    assert "enable_envvars_config" in record.getMessage()

@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
+
+from ts.torch_handler.request_envelope.base import BaseEnvelope
 
 from .errors import RequestError, bad_request
 from .payload import IMAGE_FIELD
@@ -261,28 +265,39 @@ class Batch:
         return None, json.dumps(response, separators=(",", ":")).encode("utf-8")
 
 
-_reshaped_warned = False
+_envelope_warned = False
+_FRAMES_TO_ENVELOPE = 6  # handle() is called by the envelope's handle(): a few frames up at most
 
 
-def _warn_if_reshaped(data: list[Any], context: Any) -> None:
-    """Say once, loudly, when TorchServe's own KServe envelope changed the batch before us."""
-    global _reshaped_warned
-    ids = getattr(context, "request_ids", None)
-    if ids and len(ids) != len(data) and not _reshaped_warned:
-        _reshaped_warned = True
+def _envelope_in_front() -> bool:
+    """True when TorchServe's request envelope called the handler (its ``handle`` is up the stack)."""
+    frame: FrameType | None = sys._getframe(1)
+    for _ in range(_FRAMES_TO_ENVELOPE):
+        if frame is None:
+            return False
+        if isinstance(frame.f_locals.get("self"), BaseEnvelope):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _warn_if_enveloped() -> None:
+    """Say once, loudly, when TorchServe's own KServe envelope sits in front of the handler."""
+    global _envelope_warned
+    if not _envelope_warned and _envelope_in_front():
+        _envelope_warned = True
         logger.error(
-            "TorchServe passed %d rows for %d requests: its KServe service envelope is on "
-            "(service_envelope, or TS_SERVICE_ENVELOPE with enable_envvars_config=true) and answers only "
-            "request 0 of each batch. This handler speaks KServe v1/v2 itself: unset service_envelope and "
-            "keep enable_envvars_config off (python -m handlers.archive --kserve-layout writes such a config)",
-            len(data),
-            len(ids),
+            "TorchServe's service envelope is on (service_envelope, or TS_SERVICE_ENVELOPE with "
+            "enable_envvars_config=true): it reads only request 0 of each batch and TorchServe cannot send "
+            "what it makes of this handler's answers. This handler speaks KServe v1/v2 itself: unset "
+            "service_envelope and keep enable_envvars_config off (python -m handlers.archive --kserve-layout "
+            "writes such a config)"
         )
 
 
 def unfold(data: list[dict[str, Any]], context: Any) -> Batch:
     """The batch with each KServe request replaced by one plain row per image (unchanged if none is)."""
-    _warn_if_reshaped(data, context)
+    _warn_if_enveloped()
     bodies = [_json_object(row) if isinstance(row, dict) else None for row in data]
     protocols = [protocol_of(body) for body in bodies]
     if all(protocol == PLAIN for protocol in protocols):
