@@ -19,6 +19,15 @@ from .gradient_cams import GradCam
 _GRADCAM = GradCam()
 
 
+def _saliency(input_grads: torch.Tensor, rows: torch.Tensor, every_row: bool) -> torch.Tensor:
+    """max |gradient| over colour channels of ``rows`` (M x 1 x H x W), reduced before gathering.
+
+    Guided Grad-CAM scales this by the non-negative upsampled CAM, which commutes with |.| and max.
+    """
+    saliency = input_grads.abs().amax(dim=1, keepdim=True)
+    return saliency if every_row else saliency[rows]
+
+
 class GuidedBackprop(Method):
     """Guided backpropagation (Springenberg et al.): input gradients through ReLUs that pass only
     positive gradients. Detailed, but hardly class-discriminative (the Grad-CAM paper's point)."""
@@ -42,7 +51,7 @@ class GuidedBackprop(Method):
             for j, positions in enumerate(slots.by_depth):
                 last = j + 1 == len(slots.by_depth)
                 (grads,) = torch.autograd.grad(slots.score(logits, positions), inputs, retain_graph=not last)
-                maps[positions] = grads[slots.rows[positions]].abs().amax(dim=1)
+                maps[positions] = _saliency(grads, slots.rows[positions], slots.one_per_row)[:, 0]
         return MethodOutput(logits.detach(), slots, maps)
 
 
@@ -52,7 +61,7 @@ class GuidedGradCam(Method):
     name = "guided_gradcam"
     summary = "Guided Grad-CAM: guided backpropagation masked by Grad-CAM, fine detail of the class evidence"
     resolution = "input"
-    passes = "1 forward + per target depth 1 head-only and 1 input backward"
+    passes = "1 forward + per target depth 1 input backward (+ 1 head-only backward unless the head is pool + linear)"
     guided = True
 
     def run(self, model: ExplainedModel, images: torch.Tensor, resolve: Resolver, params: MethodParams) -> MethodOutput:
@@ -66,13 +75,17 @@ class GuidedGradCam(Method):
             maps = torch.empty((len(slots.rows), *images.shape[2:]), device=images.device)
             for j, positions in enumerate(slots.by_depth):
                 score = slots.score(logits, positions)
-                switch.armed = False
-                layer_grads = capture.gradient(score, retain_graph=True)
+                rows = slots.rows[positions]
+                row_activations = activations.detach() if slots.one_per_row else activations[rows].detach()
+                if model.linear_head is not None:  # pool + linear: the layer gradient needs no backward
+                    layer_grads = model.linear_head.gradient(slots.targets[positions], row_activations)
+                else:
+                    switch.armed = False
+                    layer_grads = capture.gradient(score, retain_graph=True)[rows]
                 switch.armed = True
                 last = j + 1 == len(slots.by_depth)
                 (input_grads,) = torch.autograd.grad(score, inputs, retain_graph=not last)
-                rows = slots.rows[positions]
-                cam = torch.relu(_GRADCAM.combine(activations[rows].detach(), layer_grads[rows])).unsqueeze(1)
+                cam = torch.relu(_GRADCAM.combine(row_activations, layer_grads)).unsqueeze(1)
                 upsampled = F.interpolate(cam, size=tuple(images.shape[2:]), mode="nearest")
-                maps[positions] = (input_grads[rows] * upsampled).abs().amax(dim=1)
+                maps[positions] = (_saliency(input_grads, rows, slots.one_per_row) * upsampled)[:, 0]
         return MethodOutput(logits.detach(), slots, maps)
