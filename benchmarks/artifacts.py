@@ -79,7 +79,7 @@ def _resnet_labels() -> list[str]:
     return list(torchvision.models.ResNet50_Weights.DEFAULT.meta["categories"])
 
 
-def build_stock(store: Path, model: str, name: str, weights: Path) -> str:
+def build_stock(store: Path, model: str, name: str, weights: Path, workers: int = 1) -> str:
     """A stock ``image_classifier`` MAR (the inspection one with its input transform, see stock/)."""
     with tempfile.TemporaryDirectory(prefix="stock-mar-") as tmp:
         stage = Path(tmp) / "files"
@@ -99,8 +99,8 @@ def build_stock(store: Path, model: str, name: str, weights: Path) -> str:
         config.write_text(
             yaml.safe_dump(
                 {
-                    "minWorkers": 1,
-                    "maxWorkers": 1,
+                    "minWorkers": workers,
+                    "maxWorkers": workers,
                     "batchSize": BATCH_SIZE,
                     "maxBatchDelay": MAX_BATCH_DELAY_MS,
                     "responseTimeout": 300,

@@ -32,6 +32,7 @@ from benchmarks import (
     policy_bench,
     reproducibility_bench,
     scaling_bench,
+    serve_bench,
     threads_bench,
     transformer_bench,
     video_bench,
@@ -55,6 +56,7 @@ SECTIONS = (
     "camera",
     "faithfulness",
     "video",
+    "serve",
 )
 
 
@@ -67,7 +69,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         choices=SECTIONS,
         default=list(SECTIONS),
         help="sections to run (engine: 1, e2e: 2, memory: 3, threads: 4, methods: 5, transformers: 6, "
-        "scaling: 7, reproducibility: 8, policy: 9, camera: 10, faithfulness: 11, video: 12); default: all",
+        "scaling: 7, reproducibility: 8, policy: 9, camera: 10, faithfulness: 11, video: 12, serve: 13); default: all",
     )
     parser.add_argument(
         "--output",
@@ -120,6 +122,8 @@ def run_sections(settings: Settings, only: list[str], workdir: Path) -> list[Sec
         sections.append(faithfulness_bench.run(settings))
     if "video" in only:
         sections.append(video_bench.run(settings, workdir))
+    if "serve" in only:
+        sections.append(serve_bench.run(settings, workdir))
     return sections
 
 
