@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from .colormap import jet
 
@@ -78,31 +78,34 @@ def upsample(heatmap: np.ndarray, box: Box, size: tuple[int, int]) -> tuple[np.n
     return rows, columns, np.clip(values, 0.0, 1.0)
 
 
-def _unseen(base: np.ndarray) -> np.ndarray:
-    """The image darkened and hatched with thin diagonal lines: visible, plainly not explained."""
+def _unseen(picture: Image.Image) -> Image.Image:
+    """The picture darkened and hatched with thin diagonal lines: visible, plainly not explained."""
+    base = np.asarray(picture, dtype=np.float32)
     height, width = base.shape[:2]
     yy, xx = np.mgrid[0:height, 0:width]
     hatch = ((xx + yy) % HATCH_PERIOD) < HATCH_WIDTH
     dimmed = base * UNSEEN_KEEP
     dimmed[hatch] = 0.5 * dimmed[hatch] + 0.5 * HATCH_GREY
-    return dimmed
+    return Image.fromarray((dimmed + 0.5).astype(np.uint8))  # values in [0, 255]: truncating rounds
 
 
-def _outline(canvas: np.ndarray, box: Box) -> None:
-    """Draw the box's border (clipped to the image) in place."""
-    height, width = canvas.shape[:2]
+def _outline(picture: Image.Image, box: Box) -> None:
+    """Draw the box's border (clipped to the picture) in place, ``OUTLINE_WIDTH`` pixels inside the box."""
+    width, height = picture.size
     x0, y0, x1, y1 = (int(np.floor(float(v) + 0.5)) for v in box)  # halves up, as the viewer's Math.round
     left, right = max(0, x0), min(width, x1)
     top, bottom = max(0, y0), min(height, y1)
     if left >= right or top >= bottom:
         return
-    colour = np.array(OUTLINE, dtype=np.float32)
-    for edge, inside in ((x0, 0 <= x0 < width), (x1 - OUTLINE_WIDTH, 0 < x1 <= width)):
-        if inside:
-            canvas[top:bottom, max(0, edge) : max(0, edge) + OUTLINE_WIDTH] = colour
-    for edge, inside in ((y0, 0 <= y0 < height), (y1 - OUTLINE_WIDTH, 0 < y1 <= height)):
-        if inside:
-            canvas[max(0, edge) : max(0, edge) + OUTLINE_WIDTH, left:right] = colour
+    draw = ImageDraw.Draw(picture)
+    for edge, shown in ((x0, 0 <= x0 < width), (x1 - OUTLINE_WIDTH, 0 < x1 <= width)):
+        if shown:
+            start = max(0, edge)
+            draw.rectangle((start, top, min(width, start + OUTLINE_WIDTH) - 1, bottom - 1), fill=OUTLINE)
+    for edge, shown in ((y0, 0 <= y0 < height), (y1 - OUTLINE_WIDTH, 0 < y1 <= height)):
+        if shown:
+            start = max(0, edge)
+            draw.rectangle((left, start, right - 1, min(height, start + OUTLINE_WIDTH) - 1), fill=OUTLINE)
 
 
 def overlay_on_original(image: Image.Image, heatmap: np.ndarray, box: Box, alpha: float = 0.5) -> Image.Image:
@@ -110,21 +113,22 @@ def overlay_on_original(image: Image.Image, heatmap: np.ndarray, box: Box, alpha
 
     Pixels outside the box are kept but darkened and hatched, and the box is outlined (when
     the box covers the whole image, as for models that resize without cropping, neither is drawn).
+    The blend is Pillow's (``Image.blend``: C, each value truncated), the rest numpy.
     """
-    base = np.asarray(image.convert("RGB"), dtype=np.float32)
-    rows, columns, values = upsample(np.asarray(heatmap, dtype=np.float64), box, image.size)
-    whole = len(rows) == image.height and len(columns) == image.width
-    canvas = base.copy() if whole else _unseen(base)  # a box over the whole image leaves nothing unseen
-    if len(rows) and len(columns):
-        window = (slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1))  # contiguous: views, no copies
-        colours = np.take(JET_TABLE, np.floor(values * (JET_STEPS - 1) + 0.5).astype(np.intp), axis=0)
-        region = canvas[window]
-        np.multiply(base[window], np.float32(1.0 - alpha), out=region)
-        region += np.float32(alpha) * colours
-    if not whole:
-        _outline(canvas, box)
-    canvas += 0.5  # every value is a blend of values in [0, 255]: truncating rounds, no clipping needed
-    return Image.fromarray(canvas.astype(np.uint8), mode="RGB")
+    picture = image.convert("RGB")
+    rows, columns, values = upsample(np.asarray(heatmap, dtype=np.float64), box, picture.size)
+    if not (len(rows) and len(columns)):
+        result = _unseen(picture)
+        _outline(result, box)
+        return result
+    colours = Image.fromarray(np.take(JET_TABLE, np.floor(values * (JET_STEPS - 1) + 0.5).astype(np.intp), axis=0))
+    if len(rows) == picture.height and len(columns) == picture.width:
+        return Image.blend(picture, colours, alpha)  # a box over the whole image leaves nothing unseen
+    area = (int(columns[0]), int(rows[0]), int(columns[-1]) + 1, int(rows[-1]) + 1)
+    result = _unseen(picture)
+    result.paste(Image.blend(picture.crop(area), colours, alpha), area[:2])
+    _outline(result, box)
+    return result
 
 
 def peak(heatmap: np.ndarray, box: Box) -> tuple[float, float]:
