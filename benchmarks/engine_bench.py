@@ -53,6 +53,9 @@ EXPECTED = {
 }
 
 
+GUIDED_FLOOR_GOAL = 1.05  # issue 15: Guided Grad-CAM within 5% of the least any input gradient costs
+
+
 def explainers(case: Case) -> tuple[Explainer, Explainer]:
     """Our explainer (on its own frozen copy) and the same one with the CAM fast path disabled."""
     explainer = Explainer(copy.deepcopy(case.model), case.input_size)
@@ -158,4 +161,14 @@ def run(settings: Settings) -> Section:
                     noise.disturbed,
                 )
             )
+        floor = deciding.best_ratio(GUIDED, LIMIT)
+        section.targets.append(
+            Target(
+                f"engine {case.name}: guided_gradcam vs its floor (forward + one backward to the input)",
+                f"≤ {GUIDED_FLOOR_GOAL:.2f}x",
+                f"{floor:.3f}x best {clock} time (median {ratio(deciding.ratio(GUIDED, LIMIT))})",
+                floor <= GUIDED_FLOOR_GOAL,
+                noise.disturbed,
+            )
+        )
     return section

@@ -27,6 +27,7 @@ from benchmarks import (
     e2e_bench,
     engine_bench,
     faithfulness_bench,
+    gpu_bench,
     memory_bench,
     methods_bench,
     policy_bench,
@@ -57,6 +58,7 @@ SECTIONS = (
     "faithfulness",
     "video",
     "serve",
+    "gpu",
 )
 
 
@@ -69,7 +71,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         choices=SECTIONS,
         default=list(SECTIONS),
         help="sections to run (engine: 1, e2e: 2, memory: 3, threads: 4, methods: 5, transformers: 6, "
-        "scaling: 7, reproducibility: 8, policy: 9, camera: 10, faithfulness: 11, video: 12, serve: 13); default: all",
+        "scaling: 7, reproducibility: 8, policy: 9, camera: 10, faithfulness: 11, video: 12, serve: 13, "
+        "gpu: 14); default: all",
     )
     parser.add_argument(
         "--output",
@@ -124,6 +127,8 @@ def run_sections(settings: Settings, only: list[str], workdir: Path) -> list[Sec
         sections.append(video_bench.run(settings, workdir))
     if "serve" in only:
         sections.append(serve_bench.run(settings, workdir))
+    if "gpu" in only:
+        sections.append(gpu_bench.run(settings))
     return sections
 
 
