@@ -8,12 +8,11 @@ model sees must show the ramp values of the box's pixels.
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 from PIL import Image
 
+from handlers.inspection.scenes import STORED_TURN, encode
 from handlers.preprocess import InputSpec, Preprocessor
 from handlers.serving.decode import decode
 from handlers.serving.handler import GradCamHandler
@@ -21,17 +20,6 @@ from handlers.testing.fakes import load_context, run_batch, unpack_mar
 from handlers.testing.mars import SIDE, build_custom_mar
 
 MAX_PIXELS = 40_000_000
-# EXIF orientation -> what turns the upright picture into the stored one (the inverse of displaying it).
-STORED = {
-    1: None,
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_90,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_270,
-}
 SHORTER_SIDE = InputSpec(resize=146, crop=128)
 EXACT = InputSpec(resize=(128, 128))
 
@@ -66,18 +54,6 @@ def ramp(width: int, height: int) -> Image.Image:
     return Image.fromarray(np.round(rgb).astype(np.uint8))
 
 
-def stored_file(upright: Image.Image, orientation: int, fmt: str) -> bytes:
-    """``upright`` stored turned so that EXIF ``orientation`` displays it upright again."""
-    turn = STORED[orientation]
-    stored = upright if turn is None else upright.transpose(turn)
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    buffer = io.BytesIO()
-    options = {"quality": 95, "subsampling": 0} if fmt == "JPEG" else {}
-    stored.save(buffer, format=fmt, exif=exif, **options)
-    return buffer.getvalue()
-
-
 def seen_span(profile: np.ndarray, side: int) -> tuple[float, float]:
     """From the ramp values along one axis of the model's picture, where it starts and ends in the original.
 
@@ -90,7 +66,7 @@ def seen_span(profile: np.ndarray, side: int) -> tuple[float, float]:
     return intercept / 255.0 * side, (intercept + slope * n) / 255.0 * side
 
 
-@pytest.mark.parametrize("orientation", list(STORED))
+@pytest.mark.parametrize("orientation", list(STORED_TURN))
 @pytest.mark.parametrize(
     ("spec", "size", "fmt"),
     [
@@ -104,7 +80,7 @@ def seen_span(profile: np.ndarray, side: int) -> tuple[float, float]:
 def test_box_is_what_the_model_sees(spec, size, fmt, orientation):
     """Decode as the server does; the ramp in the model's picture spans exactly the reported box."""
     preprocessor = Preprocessor(spec)
-    decoded = decode(stored_file(ramp(*size), orientation, fmt), MAX_PIXELS, reduce_to=preprocessor.decode_size())
+    decoded = decode(encode(ramp(*size), orientation, fmt), MAX_PIXELS, reduce_to=preprocessor.decode_size())
     assert decoded.original_size == size
     picture = np.asarray(preprocessor.view(decoded.image), dtype=np.float64)
     x0, y0, x1, y1 = preprocessor.box(decoded.original_size)
@@ -118,7 +94,7 @@ def test_box_is_what_the_model_sees(spec, size, fmt, orientation):
 
 def test_reduced_decoding_keeps_the_original_size():
     """A JPEG decoded at 1/4 scale still reports the upright size of the file's pixels."""
-    data = stored_file(ramp(1600, 1200), 6, "JPEG")
+    data = encode(ramp(1600, 1200), 6, "JPEG")
     decoded = decode(data, MAX_PIXELS, reduce_to=(256, 256))
     assert decoded.image.size[0] < 1600 and decoded.original_size == (1600, 1200)
 
@@ -128,7 +104,7 @@ def test_every_answer_carries_its_geometry(tmp_path):
     model_dir = unpack_mar(build_custom_mar(tmp_path, "--resize", str(SIDE + 8)), tmp_path / "model")
     handler = GradCamHandler()
     handler.initialize(load_context(model_dir, "tiny"))
-    rows = [{"body": bytearray(stored_file(ramp(90, 60), 8, "JPEG"))}, {"body": bytearray(b"not an image")}]
+    rows = [{"body": bytearray(encode(ramp(90, 60), 8, "JPEG"))}, {"body": bytearray(b"not an image")}]
     statuses, bodies, _ = run_batch(handler, rows)
     assert statuses == [200, 415] and "geometry" not in bodies[1]
     expected = Preprocessor(InputSpec(resize=SIDE + 8, crop=SIDE)).box((90, 60))
