@@ -21,7 +21,9 @@ PER_DEFECT = 30
 @pytest.fixture(scope="module")
 def result() -> FaithfulnessEvaluation:
     samples = held_out_samples({"scratch": PER_DEFECT, "dent": PER_DEFECT, "ok": 4}, TEST_SEED)
-    return evaluate_faithfulness(default_model(), samples, sanity_images=30, costly_images=12, curve_images=20)
+    return evaluate_faithfulness(
+        default_model(), samples, sanity_images=30, costly_images=12, curve_images=20, road_images=6
+    )
 
 
 def test_real_gradcam_maps_outscore_shuffled_uniform_and_inverted_maps(result):
@@ -60,6 +62,12 @@ def test_numbers_equal_pytorch_grad_cams(result):
     assert result.agreement.drop < 1e-6
     assert result.agreement.increase_mismatches == 0
     assert result.agreement.coverage < 1e-6
+
+
+def test_the_score_ranks_maps_like_pytorch_grad_cams_road(result):
+    assert result.road.images == 6
+    assert result.road.road_beats_shuffled >= 5 / 6 and result.road.score_beats_shuffled >= 5 / 6
+    assert result.road.spearman > 0.5  # report, 20 images: see docs/evaluation.md section 6
 
 
 def test_auroc_counts_ties_half_and_leaves_undefined_scores_out():

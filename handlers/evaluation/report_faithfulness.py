@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 
 from ..engine.methods import METHODS
-from .faithfulness import CONTROLS, CURVE_STEPS, FaithfulnessEvaluation, ScoredMaps, auroc
+from .faithfulness import CONTROLS, CURVE_STEPS, ROAD_PERCENTILES, FaithfulnessEvaluation, ScoredMaps, auroc
 from .report_family import display_name
 from .targets import FAITHFULNESS_AUROC_TARGET, FAITHFULNESS_CONTROL_TARGET
 
@@ -195,7 +195,7 @@ def _curves(result: FaithfulnessEvaluation) -> list[str]:
 
 
 def _agreement(result: FaithfulnessEvaluation) -> list[str]:
-    agreement = result.agreement
+    agreement, road = result.agreement, result.road
     return [
         "### Against pytorch-grad-cam's metrics",
         "",
@@ -205,5 +205,13 @@ def _agreement(result: FaithfulnessEvaluation) -> list[str]:
         f"`Complexity` equals our coverage within {agreement.coverage:.1e}. Its remove-most/least-relevant-first "
         "perturbations with a constant imputer give our deletion and insertion points "
         "(tests/test_faithfulness.py); its ROAD imputer is a different baseline, so ROAD numbers are not ours.",
+        "",
+        f"ROAD itself (`ROADCombined`, percentiles {'/'.join(map(str, ROAD_PERCENTILES))}: the pixels are "
+        "removed by noisy linear imputation instead of the mean colour, Rong et al. 2022) on the first "
+        f"{road.images} images' Grad-CAM and shuffled maps: it ranks the image's own map above the shuffled one "
+        f"in {_percent(road.road_beats_shuffled)} of the images, our score in {_percent(road.score_beats_shuffled)}, "
+        f"and the two rank all {2 * road.images} maps alike with Spearman rho {road.spearman:.2f}. ROAD costs "
+        f"{2 * len(ROAD_PERCENTILES)} forwards and as many "
+        "sparse linear solves per map; the score one forward.",
         "",
     ]
