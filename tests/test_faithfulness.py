@@ -72,12 +72,23 @@ def test_the_drop_measure_costs_one_batched_forward_for_the_whole_batch():
     explainer = Explainer(default_model(), SIZE)
     calls = _counting_forwards(explainer.model)
     images = held_out_images(5, seed=TEST_SEED)
-    explainer.explain(images, [Job("gradcam", top_classes=2)] * 5)
+    explainer.explain(images, [Job("gradcam")] * 5)
     plain = len(calls)
-    explainer.explain(images, [Job("gradcam", top_classes=2, faithfulness=DROP)] * 5)
-    assert calls[2 * plain :] == [1, 5 * 2]  # the blank image, once per explainer; then every map
-    explainer.explain(images, [Job("gradcam", top_classes=2, faithfulness=DROP)] * 5)
-    assert len(calls) == 3 * plain + 3 and calls[-1] == 5 * 2  # no blank image any more
+    explainer.explain(images, [Job("gradcam", faithfulness=DROP)] * 5)
+    assert calls[2 * plain :] == [1, 5]  # the blank image, once per explainer; then every map
+    explainer.explain(images, [Job("gradcam", faithfulness=DROP)] * 5)
+    assert len(calls) == 3 * plain + 3 and calls[-1] == 5  # no blank image any more
+
+
+def test_more_maps_go_in_forwards_no_larger_than_the_batch_or_eight():
+    explainer = Explainer(default_model(), SIZE)
+    explainer.explain(held_out_images(1, seed=TEST_SEED), [Job("gradcam", faithfulness=DROP)])  # the blank image
+    calls = _counting_forwards(explainer.model)
+    for n, top in ((5, 2), (12, 2)):
+        del calls[:]
+        explainer.explain(held_out_images(n, seed=TEST_SEED), [Job("gradcam", top_classes=top, faithfulness=DROP)] * n)
+        rows = calls[1:]  # after the prediction's forward
+        assert sum(rows) == n * top and max(rows) == max(n, 8)
 
 
 def test_the_blank_images_probabilities_measured_apart_or_in_the_batch_agree(explainer, images):
@@ -96,7 +107,8 @@ def test_curves_cost_two_forwards_per_inner_step_in_one_batch():
     explainer = Explainer(default_model(), SIZE)
     calls = _counting_forwards(explainer.model)
     explainer.explain(held_out_images(3, seed=TEST_SEED), [Job("gradcam", faithfulness=FULL)] * 3)
-    assert calls[-2:] == [1, 3 * (1 + 2 * (FULL.steps - 1))]  # the blank image, then every map's images
+    rows = calls[2:]  # after the prediction and the blank image
+    assert calls[1] == 1 and sum(rows) == 3 * (1 + 2 * (FULL.steps - 1)) and max(rows) == 8
 
 
 def test_mixed_batch_measures_only_class_specific_maps_in_one_call(explainer, images):
