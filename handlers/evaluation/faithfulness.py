@@ -40,7 +40,7 @@ from ..inspection.synthetic import Sample, to_tensor
 from .family import costly
 from .localisation import COSTLY_PARAMS, DEFECTS
 from .maps import points_into, to_resolution, tolerance_region
-from .sanity import randomised_cascade
+from .sanity import first_maps, randomised_cascade
 
 logger = logging.getLogger(__name__)
 
@@ -163,14 +163,6 @@ def _measure(
     return measured
 
 
-def _maps(explainer: Explainer, images: torch.Tensor, jobs: Sequence[Job]) -> list[torch.Tensor]:
-    maps: list[torch.Tensor] = []
-    for start in range(0, len(images), _CHUNK):
-        results = explainer.explain(images[start : start + _CHUNK], jobs[start : start + _CHUNK])
-        maps += [r.explanations[0].values for r in results]
-    return maps
-
-
 def _hits(maps: Sequence[torch.Tensor], regions: Sequence[torch.Tensor]) -> np.ndarray:
     """Pointing game: each map's maximum in its image's region (taken to the map's resolution)."""
     hits = []
@@ -262,7 +254,7 @@ def evaluate_faithfulness(
         measured = _measure(model, images[:n], maps, targets[:n], confidences[:n])
         return ScoredMaps(_scores(measured), _hits(maps, regions[:n]))
 
-    gradcam_maps = _maps(explainer, images, [Job("gradcam", (t,)) for t in targets])
+    gradcam_maps = first_maps(explainer, images, [Job("gradcam", (t,)) for t in targets], _CHUNK)
     shuffled = gradcam_maps[-1:] + gradcam_maps[:-1]
     controls_maps = {
         "shuffled": shuffled,
@@ -275,7 +267,7 @@ def evaluate_faithfulness(
         if method.class_specific and method.available(explainer.explained):
             n = costly_images if costly(method) else len(samples)
             jobs = [Job(name, (t,), params=COSTLY_PARAMS) for t in targets[:n]]
-            methods[name] = scored(_maps(explainer, images[:n], jobs))
+            methods[name] = scored(first_maps(explainer, images[:n], jobs, _CHUNK))
             logger.info("faithfulness of %s: median score %.3f", name, np.nanmedian(methods[name].scores))
 
     sanity = []
@@ -283,7 +275,7 @@ def evaluate_faithfulness(
     randomised = copy.deepcopy(model).eval()
     for layer in randomised_cascade(randomised):
         jobs = [Job("gradcam", (t,)) for t in targets[:sanity_images]]
-        step = scored(_maps(Explainer(randomised, (INPUT_SIZE, INPUT_SIZE)), images[:sanity_images], jobs))
+        step = scored(first_maps(Explainer(randomised, (INPUT_SIZE, INPUT_SIZE)), images[:sanity_images], jobs, _CHUNK))
         sanity.append(SanityStep(layer.name, step, float(np.mean(step.scores < trained))))
         logger.info("faithfulness, randomised down to %s: median score %.3f", layer.name, np.nanmedian(step.scores))
 

@@ -102,11 +102,13 @@ def _jobs(method: str, keys: Sequence[int], params: MethodParams) -> list[Job]:
     return [Job(method, params=params) for _ in keys]
 
 
-def _maps(explainer: Explainer, images: torch.Tensor, jobs: Sequence[Job]) -> list[torch.Tensor]:
-    """Each image's (first) map for its job, on the model as it is now."""
+def first_maps(
+    explainer: Explainer, images: torch.Tensor, jobs: Sequence[Job], chunk: int = _CHUNK
+) -> list[torch.Tensor]:
+    """Each image's (first) map for its job, on the model as it is now, ``chunk`` images per call."""
     maps: list[torch.Tensor] = []
-    for start in range(0, len(images), _CHUNK):
-        results = explainer.explain(images[start : start + _CHUNK], jobs[start : start + _CHUNK])
+    for start in range(0, len(images), chunk):
+        results = explainer.explain(images[start : start + chunk], jobs[start : start + chunk])
         maps += [r.explanations[0].values for r in results]
     return maps
 
@@ -148,13 +150,13 @@ def randomisation_test(
     for m in methods:
         keys = channels if REGISTRY[m].explains == "channel" else targets
         jobs[m] = _jobs(m, keys[: len(inputs[m])], params)
-    originals = {m: _maps(explainer, inputs[m], jobs[m]) for m in methods}
+    originals = {m: first_maps(explainer, inputs[m], jobs[m]) for m in methods}
     steps = []
     for layer in randomised_cascade(model):
         explainer = Explainer(model, size)
         rho, constant = {}, {}
         for method in methods:
-            randomised = _maps(explainer, inputs[method], jobs[method])
+            randomised = first_maps(explainer, inputs[method], jobs[method])
             rho[method] = np.array([_spearman(a, b) for a, b in zip(originals[method], randomised, strict=True)])
             constant[method] = sum(is_degenerate(b) for b in randomised)
         steps.append(Step(layer.name, rho, constant))
