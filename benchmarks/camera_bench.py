@@ -25,8 +25,8 @@ from handlers.preprocess import InputSpec, Preprocessor
 from handlers.render import normalise, overlay, resize_map
 from handlers.serving.decode import DecodeLimits, decode_image
 
-from .artifacts import build_ours, random_weights
-from .cases import inspection_model, random_resnet50
+from .artifacts import build_ours
+from .cases import inspection_model, random_resnet50, save_random_resnet50
 from .load import Shot, Window, run_window
 from .monitor import ForeignLoad
 from .report import Section, Target, table
@@ -106,7 +106,8 @@ def run(settings: Settings, workdir: Path) -> Section:
     rows, differences, verdicts = [], [], []
     with ForeignLoad() as load:
         for model in models:
-            mar = build_ours(store, model, f"camera_{model}", random_weights(store, model))
+            weights = None if model == "inspection" else save_random_resnet50(store / f"{model}-random.pth")
+            mar = build_ours(store, model, f"camera_{model}", weights)
             with BenchServer(store, {model: mar}, workdir / f"camera-{model}", env={"OMP_NUM_THREADS": "1"}) as server:
                 url = f"{server.url()}/predictions/{model}"
                 headers = {"X-Explain-Method": "gradcam"}
