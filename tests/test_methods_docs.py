@@ -45,3 +45,11 @@ def test_costs_come_from_the_published_section_5_only():
     costs = methods_docs.measured_costs(results)
     assert costs["gradcam"] == "1.04x" and costs["occlusion"] == "88.5x"
     assert methods_docs.measured_costs(results.split("## 5.")[0]) == {}
+
+
+def test_costs_come_from_the_latest_report_with_section_5(tmp_path):
+    full, methods_only = tmp_path / "RESULTS.md", tmp_path / "RESULTS-methods.md"
+    full.write_text("# Benchmarks\n\nDate: 2026-11-26 14:16 UTC. Machine: x\n")
+    methods_only.write_text("# Benchmarks\n\nDate: 2026-11-26 17:16 UTC. Machine: x\n")
+    assert methods_docs.latest_report((full, methods_only)).startswith("# Benchmarks\n\nDate: 2026-11-26 17:16")
+    assert methods_docs.latest_report((tmp_path / "missing.md",)) == ""

@@ -3,8 +3,9 @@
 ``python -m handlers.client.methods_docs`` rewrites, from ``METHODS``:
 
 - the methods table in README.md (between ``<!-- methods:start -->`` and ``<!-- methods:end -->``),
-  with the measured cost of each method taken from benchmarks/RESULTS.md (section 5, the
-  inspection model) where the benchmark has published it, else a pointer to that file;
+  with the measured cost of each method taken from the latest benchmark report with section 5
+  (RESULTS.md of a full run or RESULTS-methods.md of ``--only methods``; the inspection model),
+  else a pointer to RESULTS.md;
 - handlers/viewer/methods.json, the list the viewer falls back to when it can't read the
   model's description.
 
@@ -30,6 +31,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+METHODS_RESULTS = ROOT / "benchmarks" / "RESULTS-methods.md"  # section 5 alone (python -m benchmarks --only methods)
 VIEWER_METHODS = ROOT / "handlers" / "viewer" / "methods.json"
 IMAGES = ROOT / "docs" / "images" / "methods"
 SAMPLE = ROOT / "handlers" / "inspection" / "samples" / "scratch.png"
@@ -62,6 +64,16 @@ def captum_at_run_time() -> set[str]:
     from ..engine.methods.captum_methods import CaptumMethod
 
     return {name for name, method in METHODS.items() if isinstance(method, CaptumMethod)}
+
+
+def latest_report(paths: tuple[Path, ...]) -> str:
+    """The text of the most recent report (by its ``Date:`` line) among ``paths`` that exist; "" if none."""
+    reports = [path.read_text() for path in paths if path.exists()]
+    dated = [
+        (match.group(1) if (match := re.search(r"^Date: (\S+ \S+) UTC", text, re.MULTILINE)) else "", text)
+        for text in reports
+    ]
+    return max(dated)[1] if dated else ""
 
 
 def measured_costs(results: str, model: str = COST_MODEL) -> dict[str, str]:
@@ -117,7 +129,7 @@ def with_table(readme: str, table: str) -> str:
 def generated() -> dict[Path, str]:
     """The generated files' expected contents."""
     methods = registry_methods()
-    costs = measured_costs(RESULTS.read_text()) if RESULTS.exists() else {}
+    costs = measured_costs(latest_report((RESULTS, METHODS_RESULTS)))
     table = methods_table(methods, costs, captum_at_run_time())
     return {
         README: with_table(README.read_text(), table),
