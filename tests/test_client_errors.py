@@ -133,6 +133,10 @@ def test_missing_and_unreadable_images(tmp_path, capsys, monkeypatch):
     assert line == f"torchserve-gradcam: error: cannot read {SAMPLE}: permission denied"
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_ends_at_once_with_one_line(tmp_path):
     with socket.socket() as silent:  # accepts connections, never answers
         silent.bind(("127.0.0.1", 0))
@@ -144,6 +148,9 @@ def test_ctrl_c_ends_at_once_with_one_line(tmp_path):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # A run started in the background (nohup ... &) ignores SIGINT, and children inherit that:
+            # the client must start with the default disposition to get Python's KeyboardInterrupt.
+            preexec_fn=_default_sigint,
         )
         connection, _ = silent.accept()  # the request is in flight and gets no answer
         started = time.monotonic()
