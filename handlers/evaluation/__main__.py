@@ -30,7 +30,7 @@ from .family import FAMILY_SUBJECTS, costly, family_agreement
 from .localisation import COSTLY_PARAMS, DEFECTS, family_localisation, localisation
 from .report import Setup, render_report
 from .report_faithfulness import HEADING as FAITHFULNESS_HEADING
-from .report_faithfulness import faithfulness_section
+from .report_faithfulness import SUMMARY_LEAD, faithfulness_section, summary_bullet
 from .sanity import randomisation_test
 from .transformer import evaluate_vit, vit_training_report
 
@@ -46,11 +46,16 @@ COSTLY_SANITY_IMAGES = 10
 FAITHFULNESS_CURVE_IMAGES = 100
 
 
-def faithfulness_lines(model: torch.nn.Module, samples: Sequence[Sample]) -> list[str]:
-    """Section 6: the served faithfulness score, checked on the same held-out images."""
+def with_faithfulness(page: str, model: torch.nn.Module, samples: Sequence[Sample]) -> str:
+    """``page`` with section 6 (the served faithfulness score, checked on the same held-out images)
+    and its bullet in the opening summary, written or rewritten."""
     sanity_images = SANITY_PER_DEFECT * len(DEFECTS)
     result = evaluate_faithfulness(model, samples, sanity_images, COSTLY_LOCALISATION_IMAGES, FAITHFULNESS_CURVE_IMAGES)
-    return faithfulness_section(result)
+    rows = replace_section(page, FAITHFULNESS_HEADING, faithfulness_section(result)).split("\n")
+    rows = [row for row in rows if not row.startswith(SUMMARY_LEAD)]
+    summary_end = rows.index("## How this was measured") - 1  # the blank line closing the summary
+    rows.insert(summary_end, summary_bullet(result))
+    return "\n".join(rows)
 
 
 def replace_section(page: str, heading: str, lines: Sequence[str]) -> str:
@@ -86,8 +91,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     if args.only == "faithfulness":
-        lines = faithfulness_lines(default_model(), held_out_samples(COUNTS, EVALUATION_SEED))
-        args.out.write_text(replace_section(args.out.read_text(encoding="utf-8"), FAITHFULNESS_HEADING, lines))
+        page = args.out.read_text(encoding="utf-8")
+        args.out.write_text(with_faithfulness(page, default_model(), held_out_samples(COUNTS, EVALUATION_SEED)))
         logger.info("rewrote section 6 of %s in %.0f s", args.out, time.perf_counter() - started)
         return
 
@@ -109,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     setup = Setup(EVALUATION_SEED, COUNTS, len(sanity), sha256_of(WEIGHTS_FILE), explainer.layer_name, grid)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     page = render_report(agreements, family, outcome, scores, steps, written, setup, args.out, vit)
-    page = replace_section(page, FAITHFULNESS_HEADING, faithfulness_lines(model, samples))
+    page = with_faithfulness(page, model, samples)
     args.out.write_text(page, encoding="utf-8")
     logger.info(
         "wrote %s and %d pictures in %s in %.0f s",

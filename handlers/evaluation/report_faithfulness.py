@@ -37,6 +37,22 @@ def _split(maps: ScoredMaps) -> str:
     return f"{_median(maps.scores[maps.hits])} | {_median(maps.scores[~maps.hits])}"
 
 
+SUMMARY_LEAD = "- **A trust score per map**"
+
+
+def summary_bullet(result: FaithfulnessEvaluation) -> str:
+    """The section's result as one plain bullet of the page's opening summary."""
+    value = auroc(result.pool().scores, result.pool().hits)
+    met = min(result.beats(c) for c in CONTROLS) >= FAITHFULNESS_CONTROL_TARGET
+    return (
+        f"{SUMMARY_LEAD}: the served `faithfulness` score rates each image's own Grad-CAM map above another image's, "
+        f"a uniform and an inverted map in {_percent(result.beats_all)} of the images (required: above each for "
+        f"{FAITHFULNESS_CONTROL_TARGET:.0%}; {_verdict(met).strip('*')}) and tells maps that point at the defect "
+        f"from those that do not with an AUROC of {value:.2f} (goal: {FAITHFULNESS_AUROC_TARGET:.2f}; "
+        f"{_verdict(value >= FAITHFULNESS_AUROC_TARGET).strip('*')}); section 6."
+    )
+
+
 def faithfulness_section(result: FaithfulnessEvaluation) -> list[str]:
     """Controls, localisation AUROC, every method, the randomisation cascade, curves and agreement."""
     lines = [
