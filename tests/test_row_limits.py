@@ -87,3 +87,20 @@ def test_deit_maps_equal_the_full_backward():
         assert torch.equal(a.probabilities, b.probabilities)
         for x, y in zip(a.explanations, b.explanations, strict=True):
             assert torch.allclose(x.values, y.values, rtol=1e-5, atol=1e-6 * float(y.values.abs().max()))
+
+
+def test_a_module_called_twice_is_not_limited():
+    """Its calls may be read at different rows: it keeps the full backward."""
+    model = small_vit()
+    block = model.encoder.layers[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.ln_1(x)
+        y, _ = self.self_attention(y, y, y, need_weights=False)
+        x = x + y
+        x = x + self.mlp(self.ln_2(x))
+        return x + self.mlp(self.ln_2(x))
+
+    block.forward = forward.__get__(block)
+    limits = Explainer(model, (32, 32)).explained.row_limits
+    assert not [limit.name for limit in limits if limit.name.startswith("encoder.layers.encoder_layer_2.mlp")]

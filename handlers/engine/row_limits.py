@@ -125,12 +125,14 @@ def find_row_limits(
         return ()
     seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     gradients: dict[str, torch.Tensor] = {}
+    calls: dict[str, int] = {}
 
     def detach_layer(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
         return output.detach().requires_grad_(True)
 
     def record(name: str):
         def hook(_module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            calls[name] = calls.get(name, 0) + 1  # a module called twice may be read at other rows each time
             if len(inputs) == 1 and isinstance(inputs[0], torch.Tensor) and isinstance(output, torch.Tensor):
                 seen[name] = (inputs[0].detach(), output.detach())
                 if output.requires_grad:
@@ -159,7 +161,7 @@ def find_row_limits(
             handle.remove()
     found: list[RowLimit] = []
     for name in sorted(seen, key=names.index, reverse=True):  # outermost (completed last) first
-        if name not in gradients or any(name.startswith(f"{f.name}.") for f in found):
+        if name not in gradients or calls[name] > 1 or any(name.startswith(f"{f.name}.") for f in found):
             continue
         reached = gradients[name].abs().amax(dim=(0, 2)).nonzero().flatten()
         given, output = seen[name]
