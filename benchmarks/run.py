@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -44,22 +45,20 @@ from benchmarks.report import Section, machine, targets_table
 from benchmarks.settings import FULL, QUICK, Settings
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = (
-    "engine",
-    "e2e",
-    "memory",
-    "threads",
-    "methods",
-    "transformers",
-    "scaling",
-    "reproducibility",
-    "policy",
-    "camera",
-    "faithfulness",
-    "video",
-    "serve",
-    "gpu",
-)
+# Sections 5-14, in report order: each needs only the settings and the run's scratch folder.
+LATER_SECTIONS: dict[str, Callable[[Settings, Path], Section]] = {
+    "methods": lambda settings, _: methods_bench.run(settings),
+    "transformers": lambda settings, _: transformer_bench.run(settings),
+    "scaling": lambda settings, _: scaling_bench.run(settings),
+    "reproducibility": lambda settings, _: reproducibility_bench.run(settings),
+    "policy": policy_bench.run,
+    "camera": camera_bench.run,
+    "faithfulness": lambda settings, _: faithfulness_bench.run(settings),
+    "video": video_bench.run,
+    "serve": serve_bench.run,
+    "gpu": lambda settings, _: gpu_bench.run(settings),
+}
+SECTIONS = ("engine", "e2e", "memory", "threads", *LATER_SECTIONS)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -109,26 +108,7 @@ def run_sections(settings: Settings, only: list[str], workdir: Path) -> list[Sec
         sections.append(memory)
     if "threads" in only:
         sections.append(threads_bench.run(served, store, workdir, settings))
-    if "methods" in only:
-        sections.append(methods_bench.run(settings))
-    if "transformers" in only:
-        sections.append(transformer_bench.run(settings))
-    if "scaling" in only:
-        sections.append(scaling_bench.run(settings))
-    if "reproducibility" in only:
-        sections.append(reproducibility_bench.run(settings))
-    if "camera" in only:
-        sections.append(camera_bench.run(settings, workdir))
-    if "policy" in only:
-        sections.append(policy_bench.run(settings, workdir))
-    if "faithfulness" in only:
-        sections.append(faithfulness_bench.run(settings))
-    if "video" in only:
-        sections.append(video_bench.run(settings, workdir))
-    if "serve" in only:
-        sections.append(serve_bench.run(settings, workdir))
-    if "gpu" in only:
-        sections.append(gpu_bench.run(settings))
+    sections += [run(settings, workdir) for name, run in LATER_SECTIONS.items() if name in only]
     return sections
 
 
