@@ -38,9 +38,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Prepared:
-    """A request that decoded: its tensor, the picture the model sees, its options and engine job."""
+    """A request that decoded: the picture the model sees (its tensor is made with the batch's), its
+    options and engine job."""
 
-    tensor: torch.Tensor
     picture: Image.Image
     options: RequestOptions
     job: Job
@@ -163,7 +163,7 @@ class GradCamHandler(BaseHandler):
         )
         picture = self.preprocessor.view(decoded.image)
         placed = geometry(decoded.original_size, self.preprocessor.box(decoded.original_size))
-        return Prepared(self.preprocessor.tensor(picture), picture, options, job, placed)
+        return Prepared(picture, options, job, placed)
 
     def preprocess(self, data: list[dict[str, Any]]) -> list[Prepared | RequestError]:
         """Read and decode each request on its own; anything it raises becomes its own answer."""
@@ -176,7 +176,7 @@ class GradCamHandler(BaseHandler):
         return prepared
 
     def _explain(self, items: list[Prepared]) -> list[SampleResult]:
-        return self.explainer.explain(torch.stack([p.tensor for p in items]), [p.job for p in items])
+        return self.explainer.explain(self.preprocessor.batch([p.picture for p in items]), [p.job for p in items])
 
     def inference(self, prepared: list[Prepared | RequestError]) -> list[Outcome]:
         """One engine call for every request that decoded (one forward per method).
@@ -185,8 +185,9 @@ class GradCamHandler(BaseHandler):
         fails gets an error.
         """
         valid = [item for item in prepared if isinstance(item, Prepared)]
-        methods = Counter(p.options.method for p in valid)
-        logger.info("batch of %d: %s, %d refused", len(prepared), dict(methods), len(prepared) - len(valid))
+        if logger.isEnabledFor(logging.DEBUG):  # a line per batch is the worker's busiest log: debug only
+            methods = Counter(p.options.method for p in valid)
+            logger.debug("batch of %d: %s, %d refused", len(prepared), dict(methods), len(prepared) - len(valid))
         if not valid:
             return [item for item in prepared if isinstance(item, RequestError)]
         try:

@@ -1,0 +1,62 @@
+"""The batched input tensor is torchvision's ``normalize(to_tensor(view))``, within float rounding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+from handlers.inspection import MEAN, STD
+from handlers.preprocess import InputSpec, Preprocessor
+
+SPECS = [
+    InputSpec(resize=(128, 128), mean=MEAN, std=STD),
+    InputSpec(resize=40, crop=32),
+    InputSpec(resize=(24, 36), interpolation="bicubic"),
+]
+
+
+def _pictures(count: int, seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (50 + 7 * i, 70, 3), dtype=np.uint8)) for i in range(count)]
+
+
+def _torchvision(preprocessor: Preprocessor, view: Image.Image) -> torch.Tensor:
+    spec = preprocessor.spec
+    return TF.normalize(TF.to_tensor(view), list(spec.mean), list(spec.std))
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_batch_is_torchvisions_normalised_tensor_of_each_view(spec: InputSpec) -> None:
+    preprocessor = Preprocessor(spec)
+    views = [preprocessor.view(picture) for picture in _pictures(5)]
+    batch = preprocessor.batch(views)
+    expected = torch.stack([_torchvision(preprocessor, view) for view in views])
+    assert batch.shape == (5, 3, *spec.size) and batch.dtype == torch.float32 and batch.is_contiguous()
+    assert torch.allclose(batch, expected, rtol=0, atol=1e-5)
+    assert not torch.equal(batch[0], batch[1])  # each row is its own view
+
+
+def test_tensor_of_one_view_is_its_row_of_any_batch() -> None:
+    preprocessor = Preprocessor(SPECS[0])
+    views = [preprocessor.view(picture) for picture in _pictures(3, seed=1)]
+    batch = preprocessor.batch(views)
+    for row, view in enumerate(views):
+        assert torch.equal(preprocessor.tensor(view), batch[row])
+
+
+def test_extreme_pixels_map_to_the_normalised_range_ends() -> None:
+    preprocessor = Preprocessor(SPECS[0])
+    black, white = Image.new("RGB", (128, 128)), Image.new("RGB", (128, 128), (255, 255, 255))
+    low, high = preprocessor.batch([black, white])
+    for channel, (mean, std) in enumerate(zip(MEAN, STD, strict=True)):
+        assert low[channel].unique().tolist() == pytest.approx([-mean / std], abs=1e-5)
+        assert high[channel].unique().tolist() == pytest.approx([(1 - mean) / std], abs=1e-5)
+
+
+def test_a_grey_view_is_read_as_rgb() -> None:
+    preprocessor = Preprocessor(SPECS[0])
+    grey = Image.new("L", (128, 128), 100)
+    assert torch.equal(preprocessor.tensor(grey), preprocessor.tensor(grey.convert("RGB")))
