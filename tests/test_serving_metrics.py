@@ -100,10 +100,17 @@ def test_a_batch_reports_methods_statuses_reasons_targets_and_its_size(handler):
         assert labels[0] == "tiny"
         by_name.setdefault(name, []).append((value, labels[1:]))
     assert by_name["BatchSize"] == [(5, [])]
-    assert sorted(labels for _, labels in by_name["ExplainRequests"]) == sorted(
-        [["gradcam", "200"], ["guided_gradcam", "200"], ["unknown", "400"], ["unknown", "415"], ["unknown", "400"]]
-    )
-    assert sorted(labels[0] for _, labels in by_name["RefusedRequests"]) == ["option", "option", "unsupported_format"]
+    # counters: one line per label set, its requests added up
+    assert sorted((labels, count) for count, labels in by_name["ExplainRequests"]) == [
+        (["gradcam", "200"], 1),
+        (["guided_gradcam", "200"], 1),
+        (["unknown", "400"], 2),
+        (["unknown", "415"], 1),
+    ]
+    assert sorted((labels, count) for count, labels in by_name["RefusedRequests"]) == [
+        (["option"], 2),
+        (["unsupported_format"], 1),
+    ]
     assert by_name["ExplainTargets"] == [(2, ["gradcam"]), (1, ["guided_gradcam"])]
     latencies = by_name["ExplanationLatencySeconds"]
     assert [labels for _, labels in latencies] == [["gradcam"], ["guided_gradcam"]]

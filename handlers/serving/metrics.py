@@ -4,13 +4,16 @@ One call per batch (``ServingMetrics.record``) reports, per request: its method 
 status, its worker latency (the batch's, in seconds), how many classes it had explained,
 why it was refused (a small fixed set of reasons, never free text) and what the cost policy
 decided; and the batch size once. Emission goes through TorchServe's metrics cache (one
-``[METRICS]`` log line each, which the frontend exports when the YAML declares the metric);
-a failure to emit is logged once and never fails a request.
+``[METRICS]`` log line each, which the frontend parses and exports when the YAML declares the
+metric): counters are added up over the batch and emitted once per label set (8 requests of
+one method and status: one line of 8, the same total), histograms once per observation.
+A failure to emit is logged once and never fails a request.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -110,12 +113,13 @@ class ServingMetrics:
         seconds: float,
     ) -> None:
         self._emit("BatchSize", len(prepared))
+        counts: Counter[tuple[str, ...]] = Counter()  # (counter name, *labels): requests of the batch
         for item, outcome, refusal in zip(prepared, outcomes, refusals, strict=True):
             options = getattr(item, "options", None)
             method = options.method if options is not None else UNKNOWN_METHOD
-            self._emit("ExplainRequests", 1, method, str(refusal.status if refusal else 200))
+            counts["ExplainRequests", method, str(refusal.status if refusal else 200)] += 1
             if refusal is not None:
-                self._emit("RefusedRequests", 1, refusal_reason(refusal))
+                counts["RefusedRequests", refusal_reason(refusal)] += 1
                 continue
             self._emit("ExplanationLatencySeconds", seconds, method)
             if not isinstance(outcome, SampleResult):
@@ -124,4 +128,6 @@ class ServingMetrics:
                 self._emit("ExplainTargets", len(outcome.explanations), method)
             if outcome.decision is not None:
                 decision = "explained" if outcome.decision.explained else "skipped"
-                self._emit("ExplainDecisions", 1, method, decision, outcome.decision.reason)
+                counts["ExplainDecisions", method, decision, outcome.decision.reason] += 1
+        for (name, *labels), count in counts.items():
+            self._emit(name, count, *labels)
