@@ -323,3 +323,17 @@ def test_peak_memory_of_a_36_megapixel_image_is_under_4x_its_rgb_size(tmp_path):
     bound = 4 * LARGE[0] * LARGE[1] * 3 / 2**20
     for name, peaks in measure_all(tmp_path, LARGE, large=True).items():
         assert peaks["full"] <= bound and peaks["reduced"] <= bound, (name, peaks, bound)
+
+
+def test_a_jpeg_header_is_read_unchecked_and_its_pixels_checked(monkeypatch):
+    """The header's many small reads skip the deadline check (its segments are bounded), the pixels' reads do not."""
+    checked = []
+    real_check = decode._DeadlineReader.check
+    monkeypatch.setattr(decode._DeadlineReader, "check", lambda self: checked.append(self.tell()) or real_check(self))
+    jpeg, png = encode(rgb(200, 150), "JPEG"), encode(rgb(200, 150), "PNG")
+    blocks = len(jpeg) // decode._READ_BLOCK + 1  # libjpeg reads the file from its start, a block at a time
+    assert decode_image(jpeg, MAX_PIXELS, limits=LIMITS).size == (200, 150)
+    assert 1 <= len(checked) <= blocks + 1
+    checked.clear()
+    assert decode_image(png, MAX_PIXELS, limits=LIMITS).size == (200, 150)
+    assert len(checked) > len(png) // decode._READ_BLOCK + 2  # other formats: every read checked, headers too
