@@ -327,9 +327,14 @@ def test_peak_memory_of_a_36_megapixel_image_is_under_4x_its_rgb_size(tmp_path):
 
 def test_a_jpeg_header_is_read_unchecked_and_its_pixels_checked(monkeypatch):
     """The header's many small reads skip the deadline check (its segments are bounded), the pixels' reads do not."""
-    checked = []
+    checked: list[int] = []
     real_check = decode._DeadlineReader.check
-    monkeypatch.setattr(decode._DeadlineReader, "check", lambda self: checked.append(self.tell()) or real_check(self))
+
+    def check(self: decode._DeadlineReader) -> None:
+        checked.append(self.tell())
+        real_check(self)
+
+    monkeypatch.setattr(decode._DeadlineReader, "check", check)
     jpeg, png = encode(rgb(200, 150), "JPEG"), encode(rgb(200, 150), "PNG")
     blocks = len(jpeg) // decode._READ_BLOCK + 1  # libjpeg reads the file from its start, a block at a time
     assert decode_image(jpeg, MAX_PIXELS, limits=LIMITS).size == (200, 150)
