@@ -26,6 +26,7 @@ import psutil
 from PIL import Image
 
 from handlers.client.api import ExplainClient
+from handlers.client.memory import reuse_freed_buffers
 from handlers.client.pipeline import Request
 from handlers.client.video import VideoExplainer, VideoSettings, encode_frame
 from handlers.inspection import scenes
@@ -105,6 +106,7 @@ def clip(folder: Path, size: tuple[int, int], frames: int) -> Clip:
 
 def explain_video(server: TorchServe, source: Clip, out: Path) -> tuple[float, float, int]:
     """One run of the video client over the clip: (frames/s, client CPU ms per frame, failed frames)."""
+    reuse_freed_buffers()  # as the video command does
     client = ExplainClient(server.url(), "inspection")
     explainer = VideoExplainer(client, VideoSettings(Request(format="grid"), concurrency=CONCURRENCY))
     started, cpu = time.monotonic(), time.process_time()

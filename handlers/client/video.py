@@ -35,8 +35,9 @@ import av
 import numpy as np
 from PIL import Image
 
-from ..render.original import Box, overlay_on_original, peak
+from ..render.original import Box, peak
 from .api import ApiError, ExplainClient, ServerUnreachable
+from .drawing import FrameDrawer
 from .original import heatmap_of, placed_box
 from .pipeline import Request
 
@@ -44,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 CODEC = "libx264"
 CRF = "18"  # x264 quality: visually lossless for overlays
+PRESET = "ultrafast"  # a third of veryfast's CPU per frame (640x480: 2.2 against 6.8 ms), for about twice the bytes
 FRAME_FORMATS = {"jpeg": ("JPEG", {"quality": 95}), "png": ("PNG", {"compress_level": 1})}
 BETWEEN = ("hold", "plain")
 PEAK_DECIMALS = 1
@@ -127,7 +129,7 @@ class VideoWriter:
         self.stream.width, self.stream.height = self.size
         self.stream.pix_fmt = "yuv420p"
         if codec == CODEC:
-            self.stream.options = {"crf": CRF, "preset": "veryfast"}
+            self.stream.options = {"crf": CRF, "preset": PRESET}
         self.last_pts = -1
 
     def write(self, picture: Image.Image, pts: int) -> None:
@@ -176,6 +178,7 @@ class VideoExplainer:
         self.client = client
         self.settings = settings
         self.fields = settings.request.fields()
+        self.drawer = FrameDrawer(settings.alpha)
         self.tally = Tally()  # of the current or last run: what was written before an interruption
         self.stop = threading.Event()  # set (e.g. by Ctrl-C, see stop_on_sigint): end after the frame being written
 
@@ -192,7 +195,7 @@ class VideoExplainer:
             heatmap = heatmap_of(entries[0])
             box = placed_box(answer, picture.size)
             spot = peak(heatmap, box) if heatmap.max() > 0 else None
-            drawn = overlay_on_original(picture, heatmap, box, self.settings.alpha)
+            drawn = self.drawer.draw(picture, heatmap, box)
             return Outcome(_record(index, time, answer, entries[0], spot), drawn, heatmap, box)
         except ServerUnreachable:
             raise
@@ -261,7 +264,7 @@ class VideoExplainer:
         if slot.answer is None:
             if self.settings.between == "hold" and held is not None and held.heatmap is not None:
                 assert held.box is not None
-                writer.write(overlay_on_original(slot.picture, held.heatmap, held.box, self.settings.alpha), slot.index)
+                writer.write(self.drawer.draw(slot.picture, held.heatmap, held.box), slot.index)
             else:
                 writer.write(slot.picture, slot.index)
             tally.written += 1
@@ -302,4 +305,4 @@ def _frames(container: Any, stream: Any, rate: Fraction) -> Iterator[tuple[float
     """(time in seconds, RGB picture) of every decoded frame, in order."""
     for count, frame in enumerate(container.decode(stream)):
         time = float(frame.time) if frame.time is not None else count / float(rate)
-        yield time, frame.to_image()
+        yield time, Image.fromarray(frame.to_ndarray(format="rgb24"))  # to_image() costs 3x as much

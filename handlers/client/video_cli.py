@@ -32,6 +32,7 @@ from .cli import (
     server_and_model,
     split_targets,
 )
+from .memory import reuse_freed_buffers
 from .methods import check_request
 from .pipeline import Request
 from .report import BAR_WIDTH
@@ -165,6 +166,7 @@ def run(cli: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         records = records_path.open("w", encoding="utf-8")
     except OSError as error:
         cli.error(f"cannot write {error.filename or records_path}: {error.strerror or error}")
+    reuse_freed_buffers()
     client = ExplainClient(url, model, token, args.timeout)
     progress = FrameProgress(sys.stderr, sys.stderr.isatty() if args.progress is None else args.progress)
     explainer = VideoExplainer(client, settings)

@@ -1,0 +1,146 @@
+"""The video client's fast paths: frames drawn as overlay_on_original draws them, raw frames on kept-alive HTTP."""
+
+from __future__ import annotations
+
+import json
+import platform
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from handlers.client.api import ApiError, ExplainClient, ServerUnreachable
+from handlers.client.drawing import FrameDrawer
+from handlers.client.memory import reuse_freed_buffers
+from handlers.render.original import overlay_on_original
+from handlers.testing.torchserve import free_port
+
+SIZES = [(256, 192), (640, 480), (31, 57)]
+
+
+def boxes(width: int, height: int) -> list[tuple[float, ...]]:
+    """The whole frame, a centre crop, a box past two edges, a box entirely outside."""
+    return [
+        (0, 0, width, height),
+        (0.1 * width, 0, 0.9 * width, height),
+        (-10.5, -3.2, 0.7 * width, height + 4.1),
+        (width + 5, 0, width + 50, height),
+    ]
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("cells", [(16, 16), (7, 7), (14, 10)])
+def test_frames_are_drawn_as_overlay_on_original_draws_them(size, cells):
+    """Within one colour level everywhere (float32 sums may pick the neighbouring colormap step), for every box."""
+    rng = np.random.default_rng(sum(size) + sum(cells))
+    picture = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    drawer = FrameDrawer(0.4)
+    for box in boxes(*size):
+        heatmap = rng.random(cells)
+        expected = np.asarray(overlay_on_original(picture, heatmap, box, 0.4), dtype=np.int16)
+        drawn = np.asarray(drawer.draw(picture, heatmap, box), dtype=np.int16)
+        assert drawn.shape == expected.shape
+        assert np.abs(drawn - expected).max() <= 1, box
+
+
+def test_a_drawer_follows_a_new_box_and_new_frame_size():
+    """The layout is cached per (size, box, grid): a change of any of them is drawn afresh, not from the cache."""
+    rng = np.random.default_rng(3)
+    drawer = FrameDrawer(0.5)
+    heatmap = rng.random((8, 8))
+    for size, box in [((120, 80), (0, 0, 120, 80)), ((120, 80), (20, 0, 100, 80)), ((90, 60), (20, 0, 100, 80))]:
+        picture = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+        expected = np.asarray(overlay_on_original(picture, heatmap, box, 0.5), dtype=np.int16)
+        assert np.abs(np.asarray(drawer.draw(picture, heatmap, box), dtype=np.int16) - expected).max() <= 1
+
+
+def test_freed_frame_buffers_are_kept_for_reuse_on_glibc():
+    """glibc accepts the thresholds; elsewhere the call is a no-op that says so."""
+    assert reuse_freed_buffers() is (platform.libc_ver()[0] == "glibc")
+
+
+class _Frames(BaseHTTPRequestHandler):
+    """Answers raw frames like our handler: an answer per frame, 400 for an empty one, text for b'text'.
+
+    Records the client's connections (by port) and the option headers; b'close' answers and closes."""
+
+    protocol_version = "HTTP/1.1"
+    ports: ClassVar[list[int]] = []
+    headers_seen: ClassVar[list[dict[str, str]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).ports.append(self.client_address[1])
+        type(self).headers_seen.append({k: v for k, v in self.headers.items() if k.startswith("X-Explain")})
+        if body == b"text":
+            self._send(200, b"not json")
+        elif not body:
+            self._send(400, json.dumps({"error": "empty image: send an image"}).encode())
+        else:
+            self._send(200, json.dumps({"predictions": [{"label": "ok", "size": len(body)}]}).encode())
+        if body == b"close":
+            self.close_connection = True
+
+    def _send(self, status: int, content: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(content)))
+        self.end_headers()
+        self.wfile.write(content)
+
+    def log_message(self, *_args) -> None:
+        """Quiet."""
+
+
+@pytest.fixture
+def frames_server() -> Iterator[str]:
+    _Frames.ports, _Frames.headers_seen = [], []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Frames)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_raw_frames_share_one_kept_alive_connection_per_thread(frames_server):
+    client = ExplainClient(frames_server, "inspection")
+    answers = [client.explain_raw(b"x" * n, {"format": "grid", "top_k": "1"}) for n in (1, 2, 3)]
+    client.close()
+    assert [a["predictions"][0]["size"] for a in answers] == [1, 2, 3]
+    assert len(set(_Frames.ports)) == 1, "one connection for every frame of the thread"
+    assert {k.lower(): v for k, v in _Frames.headers_seen[0].items()} == {
+        "x-explain-format": "grid",
+        "x-explain-top-k": "1",
+    }
+
+
+def test_a_connection_the_server_closed_is_replaced(frames_server):
+    """The server may close a kept-alive connection between frames: the next frame goes out on a new one."""
+    client = ExplainClient(frames_server, "inspection")
+    client.explain_raw(b"close", {})
+    assert client.explain_raw(b"after", {})["predictions"][0]["size"] == 5
+    client.close()
+    assert len(set(_Frames.ports)) == 2
+
+
+def test_raw_frame_errors_say_what_went_wrong(frames_server):
+    client = ExplainClient(frames_server, "inspection")
+    with pytest.raises(ApiError, match=r"HTTP 400: empty image"):
+        client.explain_raw(b"", {})
+    with pytest.raises(ApiError, match="not JSON"):
+        client.explain_raw(b"text", {})
+    client.close()
+
+
+def test_no_server_is_unreachable_not_a_frame_error():
+    client = ExplainClient(f"http://127.0.0.1:{free_port()}", "inspection", timeout=5)
+    with pytest.raises(ServerUnreachable, match="cannot connect"):
+        client.explain_raw(b"frame", {})
+    client.close()
