@@ -12,7 +12,6 @@ import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
-from torchvision.transforms import InterpolationMode
 
 
 @dataclass(frozen=True)
@@ -59,6 +58,13 @@ def _crop_offset(side: int, crop: int) -> int:
     return round((side - crop) / 2.0)  # Python rounds halves to even, as torchvision does
 
 
+# PIL's filter for each interpolation, as torchvision maps them for PIL images.
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
+
 # Past this aspect ratio, resizing the shorter side first would build an enormous image;
 # the centre crop only keeps the middle, so cut the long side down before resizing.
 _MAX_ASPECT = 4.0
@@ -69,7 +75,7 @@ class Preprocessor:
 
     def __init__(self, spec: InputSpec) -> None:
         self.spec = spec
-        self.interpolation = InterpolationMode(spec.interpolation)
+        self.resample = _RESAMPLE[spec.interpolation]
         # (x / 255 - mean) / std as one multiply-add per value: x * scale + shift, per channel.
         std = torch.tensor(spec.std, dtype=torch.float64)
         self._scale = (1.0 / (255.0 * std)).float().view(3, 1, 1)
@@ -97,12 +103,21 @@ class Preprocessor:
                 image = TF.center_crop(
                     image, [min(height, int(_MAX_ASPECT * short)), min(width, int(_MAX_ASPECT * short))]
                 )
-            image = TF.resize(image, spec.resize, interpolation=self.interpolation, antialias=True)
-        else:
-            image = TF.resize(image, list(spec.resize), interpolation=self.interpolation, antialias=True)
+        image = self._resized(image)
         if spec.crop is not None:
             image = TF.center_crop(image, [spec.crop, spec.crop])
         return image
+
+    def _resized(self, image: Image.Image) -> Image.Image:
+        """``image`` resized as torchvision's ``resize`` does a PIL image (same size rule, same PIL
+        filter, always antialiased), without its per-call checks."""
+        width, height = image.size
+        if isinstance(self.spec.resize, int):  # the shorter side to resize, the longer in proportion
+            long = int(self.spec.resize * max(width, height) / min(width, height))
+            size = (self.spec.resize, long) if width <= height else (long, self.spec.resize)
+        else:
+            size = (self.spec.resize[1], self.spec.resize[0])
+        return image if size == (width, height) else image.resize(size, self.resample)
 
     def box(self, size: tuple[int, int]) -> Box:
         """The part of an upright image of ``size`` (width, height) that ``view`` shows the model, as

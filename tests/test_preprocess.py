@@ -60,3 +60,26 @@ def test_a_grey_view_is_read_as_rgb() -> None:
     preprocessor = Preprocessor(SPECS[0])
     grey = Image.new("L", (128, 128), 100)
     assert torch.equal(preprocessor.tensor(grey), preprocessor.tensor(grey.convert("RGB")))
+
+
+def _torchvision_view(spec: InputSpec, image: Image.Image) -> Image.Image:
+    """What ``view`` did with torchvision's resize before it called PIL itself."""
+    mode = TF.InterpolationMode(spec.interpolation)
+    if isinstance(spec.resize, int):
+        width, height = image.size
+        short = min(width, height)
+        if max(width, height) > 4 * short:
+            image = TF.center_crop(image, [min(height, 4 * short), min(width, 4 * short)])
+        image = TF.resize(image, spec.resize, interpolation=mode, antialias=True)
+    else:
+        image = TF.resize(image, list(spec.resize), interpolation=mode, antialias=True)
+    return TF.center_crop(image, [spec.crop, spec.crop]) if spec.crop is not None else image
+
+
+@pytest.mark.parametrize("spec", [*SPECS, InputSpec(resize=33, crop=30, interpolation="nearest")])
+@pytest.mark.parametrize("size", [(70, 50), (50, 70), (128, 128), (40, 40), (33, 90), (300, 20), (23, 33)])
+def test_view_is_torchvisions_resize_and_crop(spec: InputSpec, size: tuple[int, int]) -> None:
+    picture = Image.fromarray(np.random.default_rng(size[0]).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    view = Preprocessor(spec).view(picture)
+    expected = _torchvision_view(spec, picture)
+    assert view.size == expected.size and np.array_equal(np.asarray(view), np.asarray(expected))
