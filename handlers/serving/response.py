@@ -23,10 +23,10 @@ BOX_DECIMALS = 2  # hundredths of a pixel of the uploaded image
 
 def predictions(probabilities: torch.Tensor, labels: Sequence[str], top_k: int) -> list[dict[str, Any]]:
     """The ``top_k`` classes, most probable first."""
-    values, indices = probabilities.float().cpu().topk(top_k)
+    values, indices = probabilities.float().topk(top_k)  # read back as two lists, not element by element
     return [
-        {"index": int(i), "label": labels[int(i)], "probability": float(f"{float(v):.{PROBABILITY_DIGITS}g}")}
-        for v, i in zip(values, indices, strict=True)
+        {"index": i, "label": labels[i], "probability": float(f"{v:.{PROBABILITY_DIGITS}g}")}
+        for v, i in zip(values.tolist(), indices.tolist(), strict=True)
     ]
 
 
