@@ -75,13 +75,16 @@ def test_a_batch_of_only_bad_requests_still_answers_each(handler):
 
 def test_explain_header_is_read_per_request(handler):
     good = bytearray(image_bytes(3))
-    handler.option_parser._default_fields["method"] = "none"  # a model whose default is prediction only
+    parser = handler.option_parser
+    parser._default_fields["method"] = "none"  # a model whose default is prediction only
+    parser._memo.clear()  # options remembered under the other default
     try:
         statuses, bodies, _ = run_batch(
             handler, [{"body": good}, {"body": good}], [{"explain": "False"}, {"explain": "True"}]
         )
     finally:
-        handler.option_parser._default_fields["method"] = "gradcam"
+        parser._default_fields["method"] = "gradcam"
+        parser._memo.clear()
     assert statuses == [200, 200]
     assert bodies[0]["explanations"] == [] and bodies[1]["explanations"][0]["method"] == "gradcam"
     assert bodies[0]["predictions"] == bodies[1]["predictions"]

@@ -105,3 +105,28 @@ def test_long_label_lists_are_shortened_in_messages():
 def test_invalid_model_defaults_fail_at_load():
     with pytest.raises(ValueError, match=r"invalid 'gradcam\.defaults'.*'method'"):
         parser(method="lime")
+
+
+def test_a_repeated_option_set_is_parsed_once_and_shared():
+    options = parser()
+    first = options.for_request({"X-Explain-Method": "none"}, {"top_k": 2})
+    assert options.for_request({"x-explain-method": "none"}, {"top_k": 2}) is first
+    assert options.for_request({"X-Explain-Method": "none"}, {"top_k": 2}, explain=True) is not first
+    assert options.for_request({"X-Explain-Method": "none"}, {"top_k": 3}).top_k == 3
+
+
+def test_remembered_options_never_hide_a_refusal():
+    options = parser()
+    assert options.for_request({}, {"top_k": 1}).top_k == 1
+    for value in (True, 1.0):  # equal to 1 and of the same hash, yet not an integer option
+        for _ in range(2):
+            with pytest.raises(RequestError, match="top_k"):
+                options.for_request({}, {"top_k": value})
+    assert options.for_request({}, {"target": ["dent", 1]}).targets == (2, 1)  # a list: parsed, not remembered
+
+
+def test_the_memo_stays_bounded_and_right():
+    options = parser()
+    for k in range(600):
+        assert options.for_request({}, {"explain_key": f"user-{k}", "method": "none"}).explain_key == f"user-{k}"
+    assert len(options._memo) <= 256

@@ -74,6 +74,8 @@ def header_options(headers: Mapping[str, Any]) -> dict[str, Any]:
 # never meets Python's digit limit: no option needs more than 18 digits.
 _WHOLE_NUMBER = re.compile(r"-?[0-9]{1,18}")
 _SHOWN_CHARS = 60
+# Distinct option sets whose parse is remembered (most traffic sends one or a few); then it starts over.
+_MEMO_SIZE = 256
 # Repeats of one target are merged, so a list may be longer than max_targets, but not without bound.
 _MAX_TARGET_ITEMS_PER_TARGET = 4
 
@@ -144,6 +146,7 @@ class OptionParser:
         self._by_label = {label: i for i, label in enumerate(self.labels)}
         self._by_folded_label = {label.casefold(): i for i, label in enumerate(self.labels)}
         self._default_fields = {**BUILTIN_DEFAULTS, **defaults}
+        self._memo: dict[Any, RequestOptions] = {}
         try:
             self.defaults = self.parse(self._default_fields)
         except RequestError as error:
@@ -251,6 +254,21 @@ class OptionParser:
         unless the request itself says none or gives a policy.
         """
         request_fields = {**header_options(headers), **body_fields}
+        try:  # the type is part of the key: True == 1 == 1.0, but only 1 is a valid top_k
+            key: Any = (explain, frozenset((name, type(value), value) for name, value in request_fields.items()))
+        except TypeError:  # a list or an object among the values: parsed each time
+            key = None
+        if key is not None and (known := self._memo.get(key)) is not None:
+            return known  # immutable, so requests may share it
+        options = self._parse_request(request_fields, explain)
+        if key is not None:
+            if len(self._memo) >= _MEMO_SIZE:
+                self._memo.clear()
+            self._memo[key] = options
+        return options
+
+    def _parse_request(self, request_fields: dict[str, Any], explain: bool) -> RequestOptions:
+        """``for_request``'s work: the defaults as the endpoint says, then the request's fields over them."""
         defaults = dict(self._default_fields)
         if explain and defaults["method"] == "none":
             defaults["method"] = "gradcam"
