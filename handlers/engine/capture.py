@@ -46,9 +46,10 @@ class ActivationCapture:
         """The captured activation as an N x C x H x W map; raises if the layer was not reached."""
         return self.layout.to_nchw(self._raw())
 
-    def gradient(self, score: torch.Tensor, retain_graph: bool) -> torch.Tensor:
-        """d score / d activation, as an N x C x H x W map like ``take()``."""
-        (grads,) = torch.autograd.grad(score, self._raw(), retain_graph=retain_graph)
+    def gradient(self, outputs: torch.Tensor, seed: torch.Tensor, retain_graph: bool) -> torch.Tensor:
+        """The vector-Jacobian product seed . d outputs / d activation, as an N x C x H x W map like
+        ``take()``: with a one-hot ``seed``, the gradient of the chosen outputs' sum."""
+        (grads,) = torch.autograd.grad(outputs, self._raw(), seed, retain_graph=retain_graph)
         return self.layout.to_nchw(grads)
 
 

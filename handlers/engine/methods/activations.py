@@ -45,11 +45,11 @@ class Activations(Method):
             activations = capture.take()
             means = activations.mean(dim=(2, 3))
             if params.channel is not None:
-                chosen = [[params.channel] for _ in range(len(images))]
+                chosen = torch.full((len(images), 1), params.channel, dtype=torch.long, device=images.device)
             else:
-                chosen = means.topk(min(params.channels, means.shape[1]), dim=1).indices.tolist()
-            slots = TargetSlots.build(chosen, images.device)
-            maps = activations[slots.rows, slots.targets]
-            peaks = activations.amax(dim=(2, 3))
-            stats = torch.stack([means[slots.rows, slots.targets], peaks[slots.rows, slots.targets]], dim=1)
+                chosen = means.topk(min(params.channels, means.shape[1]), dim=1).indices
+            slots = TargetSlots.per_row(chosen)
+            n, c, h, w = activations.shape  # rows of the N*C maps: one contiguous copy each
+            maps = activations.reshape(n * c, h, w).index_select(0, (slots.rows * c + slots.targets))
+            stats = torch.stack([means.gather(1, chosen).flatten(), maps.amax(dim=(1, 2))], dim=1)
         return MethodOutput(logits, slots, maps, stats)

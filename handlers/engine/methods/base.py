@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import ClassVar
 
 import torch
@@ -84,7 +85,7 @@ class TargetSlots:
 
     rows: torch.Tensor  # M, sample index within the group
     targets: torch.Tensor  # M, class index (or channel index, for activations)
-    by_depth: tuple[torch.Tensor, ...]  # per depth: positions (into rows/targets) it covers
+    depth_of: tuple[int, ...]  # M, which of its row's targets each pair is
     one_per_row: bool = False  # exactly one target per row, in row order: rows is 0..N-1
 
     @classmethod
@@ -95,15 +96,36 @@ class TargetSlots:
                 rows.append(row)
                 targets.append(target)
                 depth_of.append(depth)
-        depth_ids = torch.tensor(depth_of, dtype=torch.long)
-        depth = max((len(t) for t in targets_per_row), default=0)
-        by_depth = tuple(torch.nonzero(depth_ids == j).flatten().to(device) for j in range(depth))
         one_per_row = rows == list(range(len(targets_per_row)))
-        return cls(_long(rows, device), _long(targets, device), by_depth, one_per_row)
+        return cls(_long(rows, device), _long(targets, device), tuple(depth_of), one_per_row)
 
-    def score(self, logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Sum of these positions' target logits: its gradient gives each row its own target's."""
-        return logits[self.rows[positions], self.targets[positions]].sum()
+    @classmethod
+    def per_row(cls, targets: torch.Tensor) -> TargetSlots:
+        """Slots for an N x k tensor of targets (k for every row), built without a Python loop."""
+        n, k = targets.shape
+        rows = torch.arange(n, device=targets.device)[:, None].expand(n, k).flatten()
+        return cls(rows, targets.flatten(), tuple(range(k)) * n, k == 1)
+
+    @cached_property
+    def by_depth(self) -> tuple[torch.Tensor, ...]:
+        """Per depth j, the positions (into rows/targets) of each row's j-th target; built when a
+        method back-propagates per depth, not for those that never ask (activations: 16 depths)."""
+        if self.one_per_row:
+            return (torch.arange(len(self.depth_of), device=self.rows.device),)
+        positions: list[list[int]] = [[] for _ in range(max(self.depth_of, default=-1) + 1)]
+        for position, depth in enumerate(self.depth_of):
+            positions[depth].append(position)
+        return tuple(_long(p, self.rows.device) for p in positions)
+
+    def seed(self, logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The gradient of the sum of these positions' target logits w.r.t. ``logits``: a one-hot
+        per pair, handed to autograd as the output gradient, so each row gets its own target's
+        gradient without indexing and summing nodes to record and back-propagate."""
+        seed = torch.zeros_like(logits)
+        if self.one_per_row:  # one depth holding every row, in order
+            return seed.scatter_(1, self.targets[:, None], 1.0)
+        seed[self.rows[positions], self.targets[positions]] = 1.0
+        return seed
 
 
 Resolver = Callable[[torch.Tensor], list[list[int]]]

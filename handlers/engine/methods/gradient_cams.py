@@ -62,12 +62,17 @@ class GradientCam(Method):
         ):
             logits = model.model(images)
             slots = TargetSlots.build(resolve(logits.detach()), images.device)
-            activations = capture.take()
-            maps = torch.empty((len(slots.rows), *activations.shape[2:]), device=images.device)
-            for j, positions in enumerate(slots.by_depth):
-                grads = capture.gradient(slots.score(logits, positions), retain_graph=j + 1 < len(slots.by_depth))
-                rows = slots.rows[positions]
-                maps[positions] = torch.relu(self.combine(activations[rows].detach(), grads[rows]))
+            activations = capture.take().detach()
+            if slots.one_per_row:  # the usual case: one backward, every row, nothing to gather
+                grads = capture.gradient(logits, slots.seed(logits, slots.rows), retain_graph=False)
+                maps = torch.relu(self.combine(activations, grads))
+            else:
+                maps = torch.empty((len(slots.rows), *activations.shape[2:]), device=images.device)
+                for j, positions in enumerate(slots.by_depth):
+                    seed = slots.seed(logits, positions)
+                    grads = capture.gradient(logits, seed, retain_graph=j + 1 < len(slots.by_depth))
+                    rows = slots.rows[positions]
+                    maps[positions] = torch.relu(self.combine(activations[rows], grads[rows]))
         return MethodOutput(logits.detach(), slots, maps)
 
 

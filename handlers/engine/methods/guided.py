@@ -50,7 +50,8 @@ class GuidedBackprop(Method):
             maps = torch.empty((len(slots.rows), *images.shape[2:]), device=images.device)
             for j, positions in enumerate(slots.by_depth):
                 last = j + 1 == len(slots.by_depth)
-                (grads,) = torch.autograd.grad(slots.score(logits, positions), inputs, retain_graph=not last)
+                seed = slots.seed(logits, positions)
+                (grads,) = torch.autograd.grad(logits, inputs, seed, retain_graph=not last)
                 maps[positions] = _saliency(grads, slots.rows[positions], slots.one_per_row)[:, 0]
         return MethodOutput(logits.detach(), slots, maps)
 
@@ -74,17 +75,17 @@ class GuidedGradCam(Method):
             activations = capture.take()
             maps = torch.empty((len(slots.rows), *images.shape[2:]), device=images.device)
             for j, positions in enumerate(slots.by_depth):
-                score = slots.score(logits, positions)
+                seed = slots.seed(logits, positions)
                 rows = slots.rows[positions]
                 row_activations = activations.detach() if slots.one_per_row else activations[rows].detach()
                 if model.linear_head is not None:  # pool + linear: the layer gradient needs no backward
                     layer_grads = model.linear_head.gradient(slots.targets[positions], row_activations)
                 else:
                     switch.armed = False
-                    layer_grads = capture.gradient(score, retain_graph=True)[rows]
+                    layer_grads = capture.gradient(logits, seed, retain_graph=True)[rows]
                 switch.armed = True
                 last = j + 1 == len(slots.by_depth)
-                (input_grads,) = torch.autograd.grad(score, inputs, retain_graph=not last)
+                (input_grads,) = torch.autograd.grad(logits, inputs, seed, retain_graph=not last)
                 cam = torch.relu(_GRADCAM.combine(row_activations, layer_grads)).unsqueeze(1)
                 upsampled = F.interpolate(cam, size=tuple(images.shape[2:]), mode="nearest")
                 maps[positions] = (_saliency(input_grads, rows, slots.one_per_row) * upsampled)[:, 0]
