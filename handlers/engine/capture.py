@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -20,11 +20,14 @@ class ActivationCapture:
     records only what follows the layer (the model's parameters are frozen). Downstream
     modules get a clone, so an in-place op after the layer cannot corrupt the capture.
     Token and channels-last outputs are converted by ``layout``, their gradients too.
+    ``copy=False`` skips that clone where the forward is known not to write the output in place
+    (``written_in_place``): a full copy of the map saved per call.
     """
 
-    def __init__(self, detach_prefix: bool, layout: MapLayout = CHANNELS_FIRST) -> None:
+    def __init__(self, detach_prefix: bool, layout: MapLayout = CHANNELS_FIRST, copy: bool = True) -> None:
         self.detach_prefix = detach_prefix
         self.layout = layout
+        self.copy = copy
         self.activation: torch.Tensor | None = None
 
     def hook(self, module: nn.Module, _inputs, output):
@@ -35,7 +38,7 @@ class ActivationCapture:
             )
         act = output.detach().requires_grad_(True) if self.detach_prefix else output
         self.activation = act
-        return act.clone()
+        return act.clone() if self.copy else act
 
     def _raw(self) -> torch.Tensor:
         if self.activation is None:
@@ -55,10 +58,10 @@ class ActivationCapture:
 
 @contextmanager
 def capture_activation(
-    layer: nn.Module, detach_prefix: bool, layout: MapLayout = CHANNELS_FIRST
+    layer: nn.Module, detach_prefix: bool, layout: MapLayout = CHANNELS_FIRST, copy: bool = True
 ) -> Iterator[ActivationCapture]:
     """Hook ``layer`` for the duration of the block; the handle never outlives it."""
-    capture = ActivationCapture(detach_prefix, layout)
+    capture = ActivationCapture(detach_prefix, layout, copy)
     handle = layer.register_forward_hook(capture.hook)
     try:
         yield capture
@@ -74,3 +77,23 @@ def replace_activation(layer: nn.Module, replacement: torch.Tensor) -> Iterator[
         yield
     finally:
         handle.remove()
+
+
+def written_in_place(model: nn.Module, modules: Iterable[nn.Module], example: torch.Tensor) -> frozenset[nn.Module]:
+    """The ``modules`` whose output the rest of the forward changes in place (an in-place ReLU
+    after the layer, ``x += y`` on it or on a view of it), seen on one probe forward through the
+    output's version counter: captures of these layers must copy the output, the others need not."""
+    versions: dict[nn.Module, tuple[torch.Tensor, int]] = {}
+
+    def hook(module: nn.Module, _inputs: object, output: object) -> None:
+        if isinstance(output, torch.Tensor):
+            versions[module] = (output, output._version)
+
+    handles = [module.register_forward_hook(hook) for module in set(modules)]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return frozenset(module for module, (output, version) in versions.items() if output._version != version)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
+from .capture import written_in_place
 from .faithfulness import Faithfulness, FaithfulnessParams, MapToScore, blank_probabilities, measure
 from .guided import GuidedReLUMode, GuideSwitch
 from .layers import LayerRecord, discover_target_layer, map_candidates, resolve_target_layer, trace_module_outputs
@@ -106,6 +107,8 @@ class Explainer:
         channels_first = record.layout.kind == "nchw"
         head = detect_linear_head(model, record.module, example, records) if cam_fast_path and channels_first else None
         row_limits = find_row_limits(model, record.module, records, example) if head is None else ()
+        layers = _map_layers(records)
+        written = written_in_place(model, [record.module, *(layer.module for layer in layers.values())], example)
         self.explained = ExplainedModel(
             model,
             record.module,
@@ -113,9 +116,10 @@ class Explainer:
             record.layout,
             head,
             input_size,
-            _map_layers(records),
+            layers,
             limits or MethodLimits(),
             row_limits,
+            written,
         )
         self.guided_note = self._guided_coverage(example)
         self._blank: torch.Tensor | None = None  # probabilities on a blank input (faithfulness.py), once asked

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from ..capture import capture_activation
 from .base import ExplainedModel, Method, MethodError, MethodOutput, MethodParams, Resolver, TargetSlots
 
 
@@ -40,7 +39,7 @@ class Activations(Method):
 
     def run(self, model: ExplainedModel, images: torch.Tensor, resolve: Resolver, params: MethodParams) -> MethodOutput:
         layer = model.layers[_layer_name(model, params)]
-        with torch.inference_mode(), capture_activation(layer.module, False, layer.layout) as capture:
+        with torch.inference_mode(), model.capture(layer.module, False, layer.layout) as capture:
             logits = model.model(images)
             activations = capture.take()
             means = activations.mean(dim=(2, 3))

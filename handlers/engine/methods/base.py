@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import cached_property
 from typing import ClassVar
@@ -17,6 +18,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from ..capture import ActivationCapture, capture_activation
 from ..layers import MapLayout
 from ..linear_head import LinearHead
 from ..row_limits import RowLimit
@@ -57,6 +59,16 @@ class ExplainedModel:
     layers: dict[str, MapLayer]  # every module with a channels-first map output, last first
     limits: MethodLimits
     row_limits: tuple[RowLimit, ...] = ()  # token-wise modules back-propagated for the read tokens only
+    # Layers whose output the forward writes in place later (capture.written_in_place); None: not
+    # probed, so every capture copies.
+    written_in_place: frozenset[nn.Module] | None = None
+
+    def capture(
+        self, layer: nn.Module, detach_prefix: bool, layout: MapLayout
+    ) -> AbstractContextManager[ActivationCapture]:
+        """``capture_activation`` of ``layer``, copying its output only where the forward writes it later."""
+        copy = self.written_in_place is None or layer in self.written_in_place
+        return capture_activation(layer, detach_prefix, layout, copy)
 
 
 @dataclass(frozen=True)

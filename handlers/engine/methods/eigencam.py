@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from ..capture import capture_activation
 from .base import ExplainedModel, Method, MethodOutput, MethodParams, Resolver, TargetSlots
 
 _POWER_STEPS = 3  # matrix-vector steps with the Gram matrix's 4th power between two convergence checks
@@ -84,7 +83,7 @@ class EigenCam(Method):
     passes = "1 forward + one small eigenvector per image"
 
     def run(self, model: ExplainedModel, images: torch.Tensor, resolve: Resolver, params: MethodParams) -> MethodOutput:
-        with torch.inference_mode(), capture_activation(model.layer, False, model.layout) as capture:
+        with torch.inference_mode(), model.capture(model.layer, False, model.layout) as capture:
             logits = model.model(images)
             maps = torch.relu(principal_projection(capture.take()))
         slots = TargetSlots.build([[0] for _ in range(len(images))], images.device)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 
-from ..capture import capture_activation
 from ..row_limits import limit_rows
 from .base import ExplainedModel, Method, MethodError, MethodOutput, MethodParams, Resolver, TargetSlots
 
@@ -47,7 +46,7 @@ class GradientCam(Method):
     def run(self, model: ExplainedModel, images: torch.Tensor, resolve: Resolver, params: MethodParams) -> MethodOutput:
         if model.linear_head is not None:
             head = model.linear_head
-            with torch.inference_mode(), capture_activation(model.layer, False, model.layout) as capture:
+            with torch.inference_mode(), model.capture(model.layer, False, model.layout) as capture:
                 logits = model.model(images)
                 slots = TargetSlots.build(resolve(logits), images.device)
                 activations = capture.take()
@@ -57,7 +56,7 @@ class GradientCam(Method):
             return MethodOutput(logits, slots, maps)
         with (
             torch.enable_grad(),
-            capture_activation(model.layer, True, model.layout) as capture,
+            model.capture(model.layer, True, model.layout) as capture,
             limit_rows(model.row_limits),
         ):
             logits = model.model(images)
@@ -122,13 +121,15 @@ class GradCamPlusPlus(GradientCam):
     summary = "Grad-CAM++: Grad-CAM weighting positive gradients, better with several instances of a class"
 
     def combine(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
-        squared = gradients.pow(2)
+        squared = gradients.square()
         sums = activations.sum(dim=(2, 3), keepdim=True)
-        alpha = squared / (2 * squared + sums * squared * gradients + _EPS_PLUSPLUS)
-        alpha = torch.where(gradients != 0, alpha, torch.zeros_like(alpha))
+        # alpha = g^2 / (2 g^2 + sum(A) g^3 + eps), fused in place: on the autograd path every op is
+        # a full M x C x h x w pass. pytorch-grad-cam also zeroes alpha where g == 0; there it is
+        # already 0 (0 / eps), and relu(g) zeroes it where g < 0.
+        denominator = (2 * squared).addcmul_(sums * squared, gradients).add_(_EPS_PLUSPLUS)
+        alpha = squared.div_(denominator).mul_(torch.relu(gradients))
         area = activations.shape[2] * activations.shape[3]  # a sum over cells, also of a 1 x 1 gradient
-        weights = (torch.relu(gradients) * alpha).mean(dim=(2, 3)) * area
-        return weighted_sum(weights, activations)
+        return weighted_sum(alpha.mean(dim=(2, 3)) * area, activations)
 
 
 class XGradCam(GradientCam):
@@ -139,7 +140,10 @@ class XGradCam(GradientCam):
 
     def combine(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         sums = activations.sum(dim=(2, 3), keepdim=True)
-        weights = (gradients * activations / (sums + _EPS_XGRADCAM)).sum(dim=(2, 3))
+        if gradients.shape[2:] == (1, 1):  # the same gradient at every cell: it factors out of the sum
+            weights = (gradients * sums / (sums + _EPS_XGRADCAM))[:, :, 0, 0]
+        else:
+            weights = (gradients * activations / (sums + _EPS_XGRADCAM)).sum(dim=(2, 3))
         return weighted_sum(weights, activations)
 
 

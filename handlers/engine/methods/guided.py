@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..capture import capture_activation
 from ..guided import GuidedReLUMode, GuideSwitch
 from .base import ExplainedModel, Method, MethodOutput, MethodParams, Resolver, TargetSlots
 from .gradient_cams import GradCam
@@ -68,7 +67,7 @@ class GuidedGradCam(Method):
     def run(self, model: ExplainedModel, images: torch.Tensor, resolve: Resolver, params: MethodParams) -> MethodOutput:
         switch = GuideSwitch()
         inputs = images.detach().clone().requires_grad_(True)
-        with torch.enable_grad(), capture_activation(model.layer, False, model.layout) as capture:
+        with torch.enable_grad(), model.capture(model.layer, False, model.layout) as capture:
             with GuidedReLUMode(switch):
                 logits = model.model(inputs)
             slots = TargetSlots.build(resolve(logits.detach()), images.device)

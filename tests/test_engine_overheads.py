@@ -1,0 +1,81 @@
+"""The engine's shortcuts for small models give the results of the plain computation they replace."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from handlers.engine import Explainer, Job
+from handlers.engine.capture import written_in_place
+from handlers.engine.methods.eigencam import _top_eigenvectors, principal_projection
+
+
+def _projection_by_eigh(activations: torch.Tensor) -> torch.Tensor:
+    """The first principal component's projection from a full float64 eigendecomposition, signed as ours."""
+    n, c, h, w = activations.shape
+    flat = activations.double().reshape(n, c, h * w)
+    centred = flat - flat.mean(dim=2, keepdim=True)
+    vector = torch.linalg.eigh(centred @ centred.transpose(1, 2))[1][:, :, -1]
+    projection = (vector[:, None, :] @ centred).squeeze(1)
+    mean_map = flat.mean(dim=1)
+    agreement = ((projection - projection.mean(1, keepdim=True)) * (mean_map - mean_map.mean(1, keepdim=True))).sum(1)
+    return (projection * torch.where(agreement < 0, -1.0, 1.0)[:, None]).reshape(n, h, w)
+
+
+def _normalised_difference(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    scale = reference.abs().flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None]
+    return float(((ours.double() - reference) / scale).abs().max())
+
+
+def test_power_iteration_projection_equals_a_full_eigendecomposition():
+    generator = torch.Generator().manual_seed(0)
+    activations = torch.relu(torch.randn((6, 64, 16, 16), generator=generator))
+    activations[:, :8] += 3 * torch.rand((6, 8, 1, 1), generator=generator)  # a dominant direction, as trained
+    assert _normalised_difference(principal_projection(activations), _projection_by_eigh(activations)) <= 1e-5
+
+
+def test_equal_top_eigenvalues_and_zero_maps_fall_back_without_nan():
+    # Two orthogonal patterns of equal energy: no eigengap, so no power iteration can be trusted;
+    # the bound must refuse them and eigh answer. A constant map has a zero Gram matrix.
+    gram = torch.diag(torch.tensor([4.0, 4.0, 1.0, 0.5]))[None].repeat(3, 1, 1)
+    gram[1] = torch.diag(torch.tensor([4.0, 2.0, 1.0, 0.5]))
+    gram[2] = 0.0
+    vectors = _top_eigenvectors(gram)
+    assert not vectors.isnan().any()
+    assert torch.allclose((gram[1] @ vectors[1]).abs(), 4 * vectors[1].abs(), atol=1e-5)
+    assert torch.allclose((gram[0] @ vectors[0]), 4 * vectors[0], atol=1e-5)  # some vector of the top eigenspace
+
+
+class _InPlaceAfterLayer(nn.Module):
+    """A conv layer whose output the forward then rectifies in place, and one whose output it does not touch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = nn.Conv2d(3, 8, 3, padding=1)
+        self.untouched = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.written(x)
+        x.relu_()
+        x = self.untouched(x)
+        return self.head(x.mean(dim=(2, 3)) * 2)  # not pool + linear as such: the autograd path
+
+
+def test_captures_copy_exactly_the_layers_the_forward_writes_in_place():
+    model = _InPlaceAfterLayer().eval()
+    example = torch.rand(1, 3, 8, 8)
+    assert written_in_place(model, [model.written, model.untouched], example) == {model.written}
+
+
+def test_maps_are_the_same_with_and_without_the_copy_the_probe_saves():
+    torch.manual_seed(0)
+    model = _InPlaceAfterLayer().eval()
+    images = torch.rand(4, 3, 8, 8)
+    for layer in ("written", "untouched"):
+        explainer = Explainer(model, (8, 8), target_layer=layer)
+        probed = explainer.explain(images, [Job("gradcam")] * 4)
+        explainer.explained = type(explainer.explained)(**{**vars(explainer.explained), "written_in_place": None})
+        copied = explainer.explain(images, [Job("gradcam")] * 4)
+        for a, b in zip(probed, copied, strict=True):
+            assert torch.equal(a.explanations[0].values, b.explanations[0].values)
