@@ -32,7 +32,7 @@ from .memory import reuse_freed_buffers
 from .metrics import ServingMetrics
 from .options import FORMATS, RequestOptions
 from .payload import extract_payload
-from .response import answer, geometry
+from .response import answer, encode, geometry
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ class GradCamHandler(BaseHandler):
             if METHODS[item.options.method].guided and self.explainer.guided_note:
                 for entry in body["explanations"]:
                     entry["note"] = self.explainer.guided_note
-            encoded = json.dumps(body, separators=(",", ":")).encode("utf-8")
+            encoded = encode(body)
         except Exception as error:  # noqa: BLE001 - one answer's failure must not fail its batch
             return _refusal(error, "render"), b""
         if len(encoded) > self.config.max_response_bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +20,9 @@ PROBABILITY_DIGITS = 4  # significant digits: small probabilities stay visible (
 HEATMAP_DECIMALS = 3
 RAW_SIGNIFICANT = 6
 BOX_DECIMALS = 2  # hundredths of a pixel of the uploaded image
+# The JSON text of every value a grid heatmap holds (thousandths from 0 to 1): json.dumps formats
+# each float with repr, 256 of them for a 16 x 16 map (about 40 us); a lookup is several times faster.
+_GRID_TEXT = {k / 10**HEATMAP_DECIMALS: repr(k / 10**HEATMAP_DECIMALS) for k in range(10**HEATMAP_DECIMALS + 1)}
 
 
 def predictions(probabilities: torch.Tensor, labels: Sequence[str], top_k: int) -> list[dict[str, Any]]:
@@ -132,3 +136,37 @@ def answer(
         body["explained"] = result.decision.explained
         body["explained_because" if result.decision.explained else "skipped_because"] = result.decision.reason
     return body
+
+
+def _grid_json(grid: list[list[float]]) -> str | None:
+    """The compact JSON of a grid heatmap from ``_GRID_TEXT``; None when a value is not in it."""
+    try:
+        return "[[" + "],[".join(",".join([_GRID_TEXT[value] for value in row]) for row in grid) + "]]"
+    except (KeyError, TypeError):
+        return None
+
+
+def encode(body: dict[str, Any]) -> bytes:
+    """``body`` as compact JSON bytes, what ``json.dumps`` writes (a negative zero in a heatmap as 0.0).
+
+    Grid heatmaps are written from a table of their values' texts: each is swapped for a
+    placeholder string for ``json.dumps``, whose quoted form is then replaced by the grid's text.
+    """
+    grids: dict[str, str] = {}
+    explanations = []
+    for entry in body.get("explanations", ()):
+        text = _grid_json(entry["heatmap"]) if isinstance(entry.get("heatmap"), list) else None
+        if text is None:
+            explanations.append(entry)
+            continue
+        token = f"\x00grid {len(grids)}\x00"  # NUL: in no label or layer name, escaped by json.dumps
+        grids[json.dumps(token)] = text
+        explanations.append({**entry, "heatmap": token})
+    if not grids:
+        return json.dumps(body, separators=(",", ":")).encode("utf-8")
+    encoded = json.dumps({**body, "explanations": explanations}, separators=(",", ":"))
+    for quoted, text in grids.items():
+        if encoded.count(quoted) != 1:  # a placeholder met elsewhere: write it the plain way
+            return json.dumps(body, separators=(",", ":")).encode("utf-8")
+        encoded = encoded.replace(quoted, text)
+    return encoded.encode("utf-8")
