@@ -128,18 +128,18 @@ class GradCamHandler(BaseHandler):
         threads = self.config.threads(os.environ)
         if threads is not None:
             torch.set_num_threads(threads)
-        reused = reuse_freed_buffers()  # the worker is ours: its batches' activations stay mapped
+        if reuse_freed_buffers():  # the worker is ours: its batches' activations stay mapped
+            logger.info("freed buffers reused: glibc's mmap and trim thresholds raised in this worker")
         self.preprocessor = Preprocessor(self.config.input)
         self.decode_size = self.preprocessor.decode_size()
         self.decode_limits = DecodeLimits(self.config.max_jpeg_scans, self.config.decode_timeout_s)
         Image.MAX_IMAGE_PIXELS = self.config.max_image_pixels
         self.initialized = True
         logger.info(
-            "model %s ready on %s with %d torch thread(s)%s: layer %s, %d classes, Grad-CAM via %s",
+            "model %s ready on %s with %d torch thread(s): layer %s, %d classes, Grad-CAM via %s",
             context.model_name,
             self.device,
             torch.get_num_threads(),
-            ", freed buffers reused" if reused else "",
             self.explainer.layer_name,
             self.explainer.num_classes,
             "CAM (pool + linear head)" if self.explainer.uses_cam_fast_path else "autograd",
