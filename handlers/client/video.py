@@ -1,8 +1,10 @@
 """Explain a video frame by frame: decode (PyAV), send frames concurrently, write the overlay video and JSON lines.
 
 Frames are decoded in order and the ones to explain (every frame, or ``fps`` of them a second)
-are sent ``concurrency`` at a time, so TorchServe batches them; each answer's map is drawn over
-its frame at the frame's own size (``--on original``: bicubic into the box the model saw). The
+are sent ``concurrency`` at a time, so TorchServe batches them; as many more wait encoded, so an
+answer lets the next frame go at once (the server's next batch fills without waiting for the
+client). Each answer's map is drawn over its frame at the frame's own size (``--on original``:
+bicubic into the box the model saw) when the frame is written, not by the sending threads. The
 overlay video is written in frame order at the source's frame rate; a frame between explained
 ones (``fps`` below the source's) shows the last map over its own pixels (``between="hold"``)
 or is written plain (``"plain"``). A frame whose request fails is reported and left out (its
@@ -50,6 +52,7 @@ FRAME_FORMATS = {"jpeg": ("JPEG", {"quality": 95}), "png": ("PNG", {"compress_le
 BETWEEN = ("hold", "plain")
 PEAK_DECIMALS = 1
 WINDOW_PER_REQUEST = 2  # frames decoded ahead per request in flight: the pool never waits for the decoder
+READY_PER_REQUEST = 1  # frames encoded and waiting to be sent, per request in flight: an answer frees a send at once
 
 
 @dataclass(frozen=True)
@@ -67,10 +70,9 @@ class VideoSettings:
 
 @dataclass
 class Outcome:
-    """One explained frame: its JSON record, and the picture and map to write (None when it failed)."""
+    """One explained frame: its JSON record, and the map and where it goes on the frame (None when it failed)."""
 
     record: dict[str, Any]
-    overlay: Image.Image | None = None
     heatmap: np.ndarray | None = None
     box: Box | None = None
 
@@ -179,24 +181,28 @@ class VideoExplainer:
         self.settings = settings
         self.fields = settings.request.fields()
         self.drawer = FrameDrawer(settings.alpha)
+        self.in_flight = threading.BoundedSemaphore(settings.concurrency)  # requests sent and not yet answered
         self.tally = Tally()  # of the current or last run: what was written before an interruption
         self.stop = threading.Event()  # set (e.g. by Ctrl-C, see stop_on_sigint): end after the frame being written
 
     def explain_frame(self, picture: Image.Image, index: int, time: float) -> Outcome:
-        """Send one frame, draw its first map over it; a request that fails becomes the record's ``error``.
+        """Send one frame and read its first map; a request that fails becomes the record's ``error``.
 
-        ServerUnreachable is raised: every later frame would fail the same way.
+        The map is drawn when the frame is written, in order: a thread sending frames only sends, so the
+        server gets the next frame as soon as an answer is in. ServerUnreachable is raised: every later
+        frame would fail the same way.
         """
         try:
-            answer = self.client.explain_raw(encode_frame(picture, self.settings.frame_format), self.fields)
+            data = encode_frame(picture, self.settings.frame_format)
+            with self.in_flight:
+                answer = self.client.explain_raw(data, self.fields)
             entries = answer.get("explanations") or []
             if not entries:
                 raise ApiError("the answer has no explanation to draw")
             heatmap = heatmap_of(entries[0])
             box = placed_box(answer, picture.size)
             spot = peak(heatmap, box) if heatmap.max() > 0 else None
-            drawn = self.drawer.draw(picture, heatmap, box)
-            return Outcome(_record(index, time, answer, entries[0], spot), drawn, heatmap, box)
+            return Outcome(_record(index, time, answer, entries[0], spot), heatmap, box)
         except ServerUnreachable:
             raise
         except ApiError as error:
@@ -214,7 +220,7 @@ class VideoExplainer:
         """
         tally = self.tally = Tally()
         settings = self.settings
-        pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="frame")
+        pool = ThreadPoolExecutor((1 + READY_PER_REQUEST) * settings.concurrency, thread_name_prefix="frame")
         writer: VideoWriter | None = None
         held: Outcome | None = None
         try:
@@ -270,11 +276,12 @@ class VideoExplainer:
             tally.written += 1
             return held
         outcome = slot.answer.result()
-        if outcome.overlay is not None:
-            writer.write(outcome.overlay, slot.index)
+        if outcome.heatmap is not None:
+            assert outcome.box is not None
+            writer.write(self.drawer.draw(slot.picture, outcome.heatmap, outcome.box), slot.index)
         records.write(json.dumps(outcome.record, separators=(",", ":")) + "\n")
         records.flush()
-        if outcome.overlay is None:
+        if outcome.heatmap is None:
             tally.failed += 1
             error = str(outcome.record["error"])
             tally.errors[error] = tally.errors.get(error, 0) + 1
