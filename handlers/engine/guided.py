@@ -3,11 +3,13 @@
 Captum's GuidedBackprop hooks only ``nn.ReLU`` modules, so ``F.relu`` (GoogLeNet,
 Inception3, DenseNet) and ``nn.ReLU6`` silently give the plain gradient, and its hook
 handles accumulate on the object. Here a TorchFunctionMode, active only during the
-forward, keeps each ReLU a native op and hooks its output's gradient: while the switch
-is armed the hook drops negative gradients before the ReLU's own mask (the guided rule),
-while disarmed it changes nothing. In-place calls stay in place (``x.relu_()`` used as a
-statement must still change ``x``), so every method predicts exactly the same. Nothing is
-registered on the model, and the tensor hooks die with the graph, so nothing outlives the call.
+forward, keeps each ReLU a native op and hooks its backward node: while the switch is
+armed the hook drops the negative gradients the ReLU's own backward passes (the guided
+rule: the two masks commute), in place on the tensor that backward has just made, so
+the rule costs one in-place pass and no allocation; while disarmed it changes nothing.
+In-place calls stay in place (``x.relu_()`` used as a statement must still change ``x``),
+so every method predicts exactly the same. Nothing is registered on the model, and the
+hooks die with the graph, so nothing outlives the call.
 """
 
 from __future__ import annotations
@@ -24,8 +26,17 @@ class GuideSwitch:
         self.armed = False
 
     def guide(self, grad: torch.Tensor) -> torch.Tensor | None:
-        """Gradient hook: keep only positive gradients while armed."""
+        """Gradient hook on a ReLU's output: keep only positive gradients while armed."""
         return grad.clamp_min(0) if self.armed else None
+
+    def guide_node(
+        self, grad_inputs: tuple[torch.Tensor | None, ...], _grad_outputs: tuple[torch.Tensor | None, ...]
+    ) -> tuple[torch.Tensor | None, ...] | None:
+        """Post-hook of a ReLU's backward node: clamp, in place, the gradient it has just made
+        (a new tensor that nothing else holds yet)."""
+        if not self.armed:
+            return None
+        return tuple(grad if grad is None else grad.clamp_min_(0) for grad in grad_inputs)
 
 
 _INPLACE_RELU_FUNCS = {F.relu_, torch.relu_, torch.Tensor.relu_}
@@ -34,6 +45,10 @@ _RELU_FUNCS = {F.relu, torch.relu, torch.Tensor.relu, *_INPLACE_RELU_FUNCS}
 _INPLACE_ARG = {F.relu: 1, F.relu6: 1, F.hardtanh: 3}
 # Activations guided backprop is not defined for: counted so a model load can say so.
 _UNGUIDED_FUNCS = {F.silu, F.gelu, F.hardswish, F.mish, F.elu, F.leaky_relu, F.selu}
+# Every function the mode looks at; any other call (convolutions, norms, tensor methods) passes straight through.
+_WATCHED_FUNCS = {*_RELU_FUNCS, F.relu6, F.hardtanh, F.hardtanh_, *_UNGUIDED_FUNCS}
+# Backward nodes whose only output is the fresh gradient of the ReLU's input (out of place or in place).
+_GUIDED_NODES = {"ReluBackward0", "HardtanhBackward0"}
 
 
 def _relu6_bounds(func, args: tuple, kwargs: dict) -> float | None:
@@ -54,10 +69,10 @@ def _in_place(func, args: tuple, kwargs: dict) -> bool:
 
 
 class GuidedReLUMode(TorchFunctionMode):
-    """Inside this mode, ReLU and ReLU6 outputs carry the switch's guided-gradient hook.
+    """Inside this mode, the backward of every ReLU and ReLU6 carries the switch's guided hook.
 
-    In-place calls modify their input as they would without the mode; the hook then sits
-    on the modified tensor, whose gradient is the ReLU's output gradient.
+    In-place calls modify their input as they would without the mode; their backward node is
+    the same ReLU backward, hooked the same way.
     """
 
     def __init__(self, switch: GuideSwitch) -> None:
@@ -68,6 +83,8 @@ class GuidedReLUMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func not in _WATCHED_FUNCS:
+            return func(*args, **kwargs)
         high = _relu6_bounds(func, args, kwargs)
         in_place = _in_place(func, args, kwargs)
         if func in _RELU_FUNCS:
@@ -80,5 +97,9 @@ class GuidedReLUMode(TorchFunctionMode):
             return func(*args, **kwargs)
         self.guided_calls += 1
         if out.requires_grad:
-            out.register_hook(self.switch.guide)
+            node = out.grad_fn
+            if node is not None and node.name() in _GUIDED_NODES:
+                node.register_hook(self.switch.guide_node)
+            else:  # e.g. an in-place call on a view, whose node is the view's: guide the output's gradient
+                out.register_hook(self.switch.guide)
         return out

@@ -19,12 +19,30 @@ _GRADCAM = GradCam()
 
 
 def _saliency(input_grads: torch.Tensor, rows: torch.Tensor, every_row: bool) -> torch.Tensor:
-    """max |gradient| over colour channels of ``rows`` (M x 1 x H x W), reduced before gathering.
+    """max |gradient| over colour channels of ``rows`` (M x H x W), reduced before gathering.
 
-    Guided Grad-CAM scales this by the non-negative upsampled CAM, which commutes with |.| and max.
+    |.| is taken in place on the gradient autograd has just returned (nobody else holds it): no
+    input-sized temporary. Guided Grad-CAM scales this by the non-negative upsampled CAM, which
+    commutes with |.| and max.
     """
-    saliency = input_grads.abs().amax(dim=1, keepdim=True)
+    saliency = input_grads.abs_().amax(dim=1)
     return saliency if every_row else saliency[rows]
+
+
+def _scale_by_cam(saliency: torch.Tensor, cam: torch.Tensor) -> torch.Tensor:
+    """``saliency`` (M x H x W) times the nearest-upsampled ``cam`` (M x h x w), in place.
+
+    Where the input is a power-of-two multiple of the map (128 / 16, 224 / 7), nearest upsampling
+    repeats each cell over a block exactly (its source index is a shift), so the blocks are scaled
+    without an upsampled copy; other sizes go through ``F.interpolate``.
+    """
+    m, height, width = saliency.shape
+    h, w = cam.shape[1:]
+    factors = (height // h, width // w)
+    if all(f * n == size and f & (f - 1) == 0 for f, n, size in zip(factors, (h, w), (height, width), strict=True)):
+        saliency.view(m, h, factors[0], w, factors[1]).mul_(cam[:, :, None, :, None])
+        return saliency
+    return saliency.mul_(F.interpolate(cam[:, None], size=(height, width), mode="nearest")[:, 0])
 
 
 class GuidedBackprop(Method):
@@ -46,12 +64,15 @@ class GuidedBackprop(Method):
             with GuidedReLUMode(switch):
                 logits = model.model(inputs)
             slots = TargetSlots.build(resolve(logits.detach()), images.device)
+            if slots.one_per_row:  # the usual case: one backward, every row
+                (grads,) = torch.autograd.grad(logits, inputs, slots.seed(logits, slots.rows))
+                return MethodOutput(logits.detach(), slots, _saliency(grads, slots.rows, True))
             maps = torch.empty((len(slots.rows), *images.shape[2:]), device=images.device)
             for j, positions in enumerate(slots.by_depth):
                 last = j + 1 == len(slots.by_depth)
                 seed = slots.seed(logits, positions)
                 (grads,) = torch.autograd.grad(logits, inputs, seed, retain_graph=not last)
-                maps[positions] = _saliency(grads, slots.rows[positions], slots.one_per_row)[:, 0]
+                maps[positions] = _saliency(grads, slots.rows[positions], False)
         return MethodOutput(logits.detach(), slots, maps)
 
 
@@ -72,7 +93,8 @@ class GuidedGradCam(Method):
                 logits = model.model(inputs)
             slots = TargetSlots.build(resolve(logits.detach()), images.device)
             activations = capture.take()
-            maps = torch.empty((len(slots.rows), *images.shape[2:]), device=images.device)
+            shape = (len(slots.rows), *images.shape[2:])
+            maps = None if slots.one_per_row else torch.empty(shape, device=images.device)
             for j, positions in enumerate(slots.by_depth):
                 seed = slots.seed(logits, positions)
                 rows = slots.rows[positions]
@@ -85,7 +107,10 @@ class GuidedGradCam(Method):
                 switch.armed = True
                 last = j + 1 == len(slots.by_depth)
                 (input_grads,) = torch.autograd.grad(logits, inputs, seed, retain_graph=not last)
-                cam = torch.relu(_GRADCAM.combine(row_activations, layer_grads)).unsqueeze(1)
-                upsampled = F.interpolate(cam, size=tuple(images.shape[2:]), mode="nearest")
-                maps[positions] = (_saliency(input_grads, rows, slots.one_per_row) * upsampled)[:, 0]
+                cam = torch.relu(_GRADCAM.combine(row_activations, layer_grads))
+                scaled = _scale_by_cam(_saliency(input_grads, rows, slots.one_per_row), cam)
+                if maps is None:
+                    maps = scaled
+                else:
+                    maps[positions] = scaled
         return MethodOutput(logits.detach(), slots, maps)
