@@ -188,9 +188,8 @@ class GradCamHandler(BaseHandler):
         fails gets an error.
         """
         valid = [item for item in prepared if isinstance(item, Prepared)]
-        if logger.isEnabledFor(logging.DEBUG):  # a line per batch is the worker's busiest log: debug only
-            methods = Counter(p.options.method for p in valid)
-            logger.debug("batch of %d: %s, %d refused", len(prepared), dict(methods), len(prepared) - len(valid))
+        methods = Counter(p.options.method for p in valid)  # one line per batch: how requests were batched
+        logger.info("batch of %d: %s, %d refused", len(prepared), dict(methods), len(prepared) - len(valid))
         if not valid:
             return [item for item in prepared if isinstance(item, RequestError)]
         try:
