@@ -11,6 +11,7 @@ different target per image. Inputs are as small as each model allows, to keep th
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -91,12 +92,33 @@ SUBJECTS = {
     ),
     "vit_tiny_r_s16_p8_224": Subject(_timm("vit_tiny_r_s16_p8_224"), 224, "blocks.11.norm1", "tokens", "blocks.11"),
     "swin_tiny_patch4_window7_224": Subject(_timm("swin_tiny_patch4_window7_224"), 224, "norm", "nhwc"),
+    # Layers the default rule must find past look-alikes: LeViT pools its tokens (14 x 14, 7 x 7,
+    # then 4 x 4) with no channels-first map between; CaiT's talking heads are Linear layers on
+    # tokens x tokens attention (49 x 49 "images" of 4 channels at 112 px); the class-attention
+    # blocks of CaiT and XCiT have q/k/v projections of the stream's width; CoaT calls one
+    # convolution per stage from every block of it.
+    "levit_128s": Subject(_timm("levit_128s"), 224, "stages", "tokens"),
+    "cait_xxs24_224": Subject(_timm("cait_xxs24_224", img_size=112), 112, "blocks_token_only.1.norm1", "tokens"),
+    "xcit_tiny_12_p16_224": Subject(
+        _timm("xcit_tiny_12_p16_224", img_size=112), 112, "cls_attn_blocks.1.norm1", "tokens"
+    ),
+    "coat_lite_tiny": Subject(_timm("coat_lite_tiny", img_size=112), 112, "serial_blocks4.1.norm1", "tokens"),
 }
 VITS = [name for name, subject in SUBJECTS.items() if subject.last_block]
 
 
 def token_geometry(model: nn.Module, side: int) -> tuple[int, tuple[int, int]]:
     """(prefix tokens, patch grid) from the model's own attributes: timm's, else torchvision's ViT."""
+    timm_models = timm.models
+    if isinstance(model, timm_models.levit.Levit):  # no prefix; its last stage's attention bias is tokens x tokens
+        cells = len(model.stages[-1].blocks[0].attn.attention_bias_idxs)
+        return 0, (math.isqrt(cells), math.isqrt(cells))
+    if isinstance(model, timm_models.coat.CoaT):  # a class token per stage; the last stage's patch grid
+        height, width = model.patch_embed4.grid_size
+        return 1, (int(height), int(width))
+    if isinstance(model, timm_models.xcit.Xcit):  # a square grid of num_patches
+        cells = model.patch_embed.num_patches
+        return int(model.num_prefix_tokens), (math.isqrt(cells), math.isqrt(cells))
     if hasattr(model, "num_prefix_tokens"):
         embedding: Any = model.patch_embed
         height, width = embedding.grid_size

@@ -72,23 +72,48 @@ def _fits_input(height: int, width: int, input_size: tuple[int, int]) -> bool:
     return abs(height * in_w - width * in_h) <= in_h + in_w
 
 
+def _token_grid(tokens: int, grid: tuple[int, int], input_size: tuple[int, int]) -> tuple[int, int, int] | None:
+    """(prefix, h, w) when ``tokens`` are a patch grid, ``grid`` itself or one pooled from it (LeViT's
+    stages), after at most MAX_PREFIX_TOKENS others: fewest others first, then the input's aspect."""
+    for prefix in range(min(MAX_PREFIX_TOKENS, tokens - 1) + 1):
+        cells = tokens - prefix
+        if cells == grid[0] * grid[1]:
+            return prefix, *grid
+        shapes = [
+            (h, cells // h)
+            for h in range(1, grid[0] + 1)
+            if cells % h == 0 and cells // h <= grid[1] and _fits_input(h, cells // h, input_size)
+        ]
+        if shapes and cells > 1:
+            h, w = min(shapes, key=lambda hw: abs(hw[0] * input_size[1] - hw[1] * input_size[0]))
+            return prefix, h, w
+    return None
+
+
 def _layout(
-    shape: tuple[int, ...] | None, input_size: tuple[int, int], grid: tuple[int, int] | None
+    shape: tuple[int, ...] | None, input_size: tuple[int, int], grid: tuple[int, int] | None, in_tokens: bool
 ) -> MapLayout | None:
     """The layout of an output of ``shape``, or None when it is no map of the image.
 
     A 4-d output is channels-first when its last two axes have the input's aspect ratio, else
     channels-last when its middle axes do; a 3-d one is tokens when it holds the patch grid
-    (``grid``, from the patch embedding before it) plus at most MAX_PREFIX_TOKENS others.
+    (``grid``, from the patch embedding before it) or a grid pooled from it, plus at most
+    MAX_PREFIX_TOKENS others. Once the model works on tokens (``in_tokens``), a 4-d output with
+    more cells than the patch grid is an attention matrix (tokens x tokens), not a map.
     """
     if shape is None:
         return None
-    if len(shape) == 4 and shape[2] * shape[3] > 1 and _fits_input(shape[2], shape[3], input_size):
-        return MapLayout("nchw")
-    if len(shape) == 4 and shape[1] * shape[2] > 1 and _fits_input(shape[1], shape[2], input_size):
-        return MapLayout("nhwc")
-    if len(shape) == 3 and grid is not None and 0 <= shape[1] - grid[0] * grid[1] <= MAX_PREFIX_TOKENS:
-        return MapLayout("tokens", shape[1] - grid[0] * grid[1], grid)
+    if len(shape) == 4:
+        for kind, (h, w) in (("nchw", shape[2:4]), ("nhwc", shape[1:3])):
+            if h * w > 1 and _fits_input(h, w, input_size):
+                too_fine = in_tokens and grid is not None and h * w > grid[0] * grid[1]
+                return None if too_fine else MapLayout(kind)
+        return None
+    if len(shape) == 3 and grid is not None:
+        found = _token_grid(shape[1], grid, input_size)
+        if found is not None:
+            prefix, h, w = found
+            return MapLayout("tokens", prefix, (h, w))
     return None
 
 
@@ -96,11 +121,13 @@ def _with_layouts(records: list[LayerRecord], input_size: tuple[int, int]) -> li
     """Records with their layouts; the patch grid is the last channels-first map before the first tokens."""
     laid: list[LayerRecord] = []
     grid: tuple[int, int] | None = None
+    in_tokens = False
     for record in records:
         shape = record.output_shape
-        layout = _layout(shape, input_size, grid)
+        layout = _layout(shape, input_size, grid, in_tokens)
         if layout is not None and layout.kind == "nchw" and shape is not None:
             grid = (shape[2], shape[3])
+        in_tokens = in_tokens or (layout is not None and layout.kind == "tokens")
         laid.append(dataclasses.replace(record, layout=layout))
     return laid
 
@@ -199,6 +226,28 @@ def _token_width(records: list[LayerRecord]) -> int | None:
     return tokens[-1].output_shape[2] if tokens and tokens[-1].output_shape else None
 
 
+def _residual_stream(candidates: list[LayerRecord], records: list[LayerRecord]) -> list[LayerRecord]:
+    """A transformer's candidate layers in the order they are preferred, each group last first:
+    channels-last maps and token maps of the residual stream's width, token Linear projections
+    (q/k/v, MLP) after the rest, then channels-first maps (convolutions inside blocks, as in CoaT or MViT).
+    A module called more than once (shared) has no single output and is left out."""
+    width = _token_width(records)
+    calls: dict[int, int] = {}
+    for record in records:
+        calls[id(record.module)] = calls.get(id(record.module), 0) + 1
+    tokens, projections, convolutions = [], [], []
+    for record in candidates:
+        if record.layout is None or calls[id(record.module)] > 1:
+            continue
+        if record.layout.kind == "nchw":
+            convolutions.append(record)
+        elif record.layout.kind == "nhwc":
+            tokens.append(record)
+        elif (record.output_shape or (0, 0, 0))[2] == width:
+            (projections if isinstance(record.module, nn.Linear) else tokens).append(record)
+    return tokens + projections + convolutions
+
+
 def discover_target_layer(model: nn.Module, example: torch.Tensor, records: list[LayerRecord]) -> str:
     """Name of the layer to explain by default.
 
@@ -208,7 +257,7 @@ def discover_target_layer(model: nn.Module, example: torch.Tensor, records: list
     cells still reach the prediction, measured by one backward. In a ViT the last block's output
     feeds only the class token to the head, so its patch gradients are exactly zero; the last
     layer that reaches is the last block's first norm (the input of its attention). Among token
-    layers only those of the residual stream's width count, not the q/k/v projections.
+    layers only those of the residual stream count (``_residual_stream``).
     """
     candidates = map_candidates(records)
     if not candidates:
@@ -219,12 +268,7 @@ def discover_target_layer(model: nn.Module, example: torch.Tensor, records: list
     if candidates[0].layout is not None and candidates[0].layout.kind == "nchw":
         chosen = candidates[0]
     else:
-        width = _token_width(records)
-        stream = [
-            r
-            for r in candidates
-            if r.layout is not None and (r.layout.kind != "tokens" or (r.output_shape or (0, 0, 0))[2] == width)
-        ]
+        stream = _residual_stream(candidates, records)
         reach = patch_gradients(model, example, stream, records)
         reaching = [r for r in stream if reach[r.name] > 0]
         if not reaching:
