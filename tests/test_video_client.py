@@ -16,6 +16,8 @@ from PIL import Image
 from handlers.client.api import ApiError, ExplainClient, ServerUnreachable
 from handlers.client.drawing import FrameDrawer
 from handlers.client.memory import reuse_freed_buffers
+from handlers.client.original import placed_box
+from handlers.client.video import reduction, shrunk
 from handlers.render.original import overlay_on_original
 from handlers.testing.torchserve import free_port
 
@@ -144,3 +146,27 @@ def test_no_server_is_unreachable_not_a_frame_error():
     with pytest.raises(ServerUnreachable, match="cannot connect"):
         client.explain_raw(b"frame", {})
     client.close()
+
+
+@pytest.mark.parametrize(
+    ("frame", "box", "model_input", "factor"),
+    [
+        ((256, 192), (0, 0, 256, 192), (128, 128), 1),  # the test video: nothing to spare
+        ((640, 480), (0, 0, 640, 480), (128, 128), 1),  # 3.75 pixels per input pixel down the side: 1.9x only
+        ((1024, 768), (0, 0, 1024, 768), (128, 128), 3),  # 6 per input pixel: a third leaves 2
+        ((1920, 1080), (487.5, 67.5, 1432.5, 1012.5), (224, 224), 2),  # resize 256, crop 224: 4.2 per input pixel
+    ],
+)
+def test_frames_are_shrunk_as_the_server_would_decode_them(frame, box, model_input, factor):
+    """The whole factor leaves >= 2 frame pixels per model input pixel on both axes, like the server's own
+    reduced decoding (resize 256: shorter side // 512; stretch: min(width // 2w, height // 2h))."""
+    assert reduction(box, model_input) == factor
+    sent = shrunk(Image.new("RGB", frame), factor)
+    assert sent.size == (round(frame[0] / factor), round(frame[1] / factor))
+
+
+def test_the_geometry_of_a_shrunk_frame_scales_back_to_the_frame():
+    """The server reports the box in the sent picture's pixels; the client places it on the full frame."""
+    sent = shrunk(Image.new("RGB", (1000, 750)), 3)
+    answer = {"geometry": {"original_size": list(sent.size), "box": [0, 0, *sent.size]}}
+    assert placed_box(answer, (1000, 750)) == pytest.approx((0, 0, 1000, 750))

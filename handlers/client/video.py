@@ -3,7 +3,9 @@
 Frames are decoded in order and the ones to explain (every frame, or ``fps`` of them a second)
 are sent ``concurrency`` at a time, so TorchServe batches them; as many more wait encoded, so an
 answer lets the next frame go at once (the server's next batch fills without waiting for the
-client). Each answer's map is drawn over its frame at the frame's own size (``--on original``:
+client). A frame with at least twice the pixels per model input pixel that the server decodes
+at (the first answer's geometry tells) is sent shrunk by a whole factor, as the server would
+decode it. Each answer's map is drawn over its frame at the frame's own size (``--on original``:
 bicubic into the box the model saw) when the frame is written, not by the sending threads. The
 overlay video is written in frame order at the source's frame rate; a frame between explained
 ones (``fps`` below the source's) shows the last map over its own pixels (``between="hold"``)
@@ -52,6 +54,7 @@ FRAME_FORMATS = {"jpeg": ("JPEG", {"quality": 95}), "png": ("PNG", {"compress_le
 BETWEEN = ("hold", "plain")
 PEAK_DECIMALS = 1
 WINDOW_PER_REQUEST = 2  # frames decoded ahead per request in flight: the pool never waits for the decoder
+SEND_MARGIN = 2  # frames go out with at least this many pixels per model input pixel (the server decodes so too)
 READY_PER_REQUEST = 1  # frames encoded and waiting to be sent, per request in flight: an answer frees a send at once
 
 
@@ -66,6 +69,7 @@ class VideoSettings:
     frame_format: str = "jpeg"
     concurrency: int = 8
     codec: str = CODEC
+    model_input: tuple[int, int] | None = None  # (height, width) from the model's description: large frames go shrunk
 
 
 @dataclass
@@ -159,6 +163,27 @@ def encode_frame(picture: Image.Image, frame_format: str) -> bytes:
     return buffer.getvalue()
 
 
+def reduction(box: Box, model_input: tuple[int, int]) -> int:
+    """The largest whole factor a frame can be shrunk by before it is sent that still leaves ``SEND_MARGIN``
+    frame pixels per model input pixel on both axes, given the ``box`` of the frame the model sees.
+
+    The server itself decodes large images reduced by this rule (``Preprocessor.decode_size``), so the
+    model sees what it would see of the full frame, and the client encodes and sends a fraction of the pixels.
+    """
+    height, width = model_input
+    per_pixel = min((float(box[2]) - float(box[0])) / width, (float(box[3]) - float(box[1])) / height)
+    return max(1, int(per_pixel // SEND_MARGIN))
+
+
+def shrunk(picture: Image.Image, factor: int) -> Image.Image:
+    """``picture`` averaged down by ``factor`` to round(size / factor): the whole picture stays mapped onto
+    the whole sent image, so the answer's geometry scales back exactly (``placed_box``)."""
+    if factor == 1:
+        return picture
+    width, height = picture.size
+    return picture.resize((max(1, round(width / factor)), max(1, round(height / factor))), Image.Resampling.BOX)
+
+
 def _record(index: int, time: float, answer: dict[str, Any], entry: dict[str, Any], spot: Any) -> dict[str, Any]:
     top = answer["predictions"][0]
     target = entry.get("target")
@@ -182,6 +207,7 @@ class VideoExplainer:
         self.fields = settings.request.fields()
         self.drawer = FrameDrawer(settings.alpha)
         self.in_flight = threading.BoundedSemaphore(settings.concurrency)  # requests sent and not yet answered
+        self.reduction: int | None = None  # frames are sent shrunk by this factor, once an answer has told it
         self.tally = Tally()  # of the current or last run: what was written before an interruption
         self.stop = threading.Event()  # set (e.g. by Ctrl-C, see stop_on_sigint): end after the frame being written
 
@@ -193,14 +219,16 @@ class VideoExplainer:
         frame would fail the same way.
         """
         try:
-            data = encode_frame(picture, self.settings.frame_format)
+            data = encode_frame(shrunk(picture, self.reduction or 1), self.settings.frame_format)
             with self.in_flight:
                 answer = self.client.explain_raw(data, self.fields)
             entries = answer.get("explanations") or []
             if not entries:
                 raise ApiError("the answer has no explanation to draw")
             heatmap = heatmap_of(entries[0])
-            box = placed_box(answer, picture.size)
+            box = placed_box(answer, picture.size)  # in the frame's own pixels, whatever size it was sent at
+            if self.reduction is None and self.settings.model_input is not None:
+                self.reduction = reduction(box, self.settings.model_input)
             spot = peak(heatmap, box) if heatmap.max() > 0 else None
             return Outcome(_record(index, time, answer, entries[0], spot), heatmap, box)
         except ServerUnreachable:

@@ -131,13 +131,18 @@ def _settings(cli: argparse.ArgumentParser, args: argparse.Namespace, url: str, 
     if len(targets) > 1:
         cli.error(f"give one --target for a video (one map per frame), got {', '.join(targets)}")
     options = method_options(args)
-    problem = check_request(model_description(args, url, model), args.method, targets, options)
+    description = model_description(args, url, model)
+    problem = check_request(description, args.method, targets, options)
     if problem:
         cli.error(problem)
     if args.method == "activations" and not {"channel", "channels"} & set(options):
         options["channels"] = "1"  # one map per frame: the most activated channel
     request = Request(args.method, targets, None, "grid", options)
-    return VideoSettings(request, args.alpha, args.fps, args.between, args.frame_format, args.concurrency, args.codec)
+    size = description.details.get("input_size")
+    model_input = (int(size[0]), int(size[1])) if isinstance(size, list) and len(size) == 2 else None
+    return VideoSettings(
+        request, args.alpha, args.fps, args.between, args.frame_format, args.concurrency, args.codec, model_input
+    )
 
 
 def _summary(tally: Tally, seconds: float, out: Path, records: Path) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from PIL import Image
 
 from handlers.client.api import ApiError, ExplainClient
 from handlers.client.cli import main
@@ -164,6 +165,45 @@ def test_a_failed_frame_is_reported_and_left_out(server, footage, tmp_path):
     failed = records(tmp_path / "gap.jsonl")[5]
     assert failed == {"frame": 5, "time": 0.5, "error": "HTTP 422: image is corrupt or truncated"}
     assert len(decoded(out)[0]) == FRAMES - 1
+
+
+class SentSizes(ExplainClient):
+    """The real client, recording the size of every frame it sends."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.sizes: list[tuple[int, int]] = []
+
+    def explain_raw(self, image: bytes, fields: dict[str, str]) -> dict:
+        with Image.open(io.BytesIO(image)) as sent:
+            self.sizes.append(sent.size)
+        return super().explain_raw(image, fields)
+
+
+def test_large_frames_go_shrunk_and_the_maps_stay_on_the_frames_pixels(server, tmp_path):
+    """1024x768 frames for the 128x128 model: once the first answer's geometry is in, frames go at a third
+    (341x256, still twice the model's pixels on both axes); the video keeps the full size and the records'
+    peaks, in the full frame's pixels, land on the defect."""
+    size, count = (1024, 768), 24
+    frames = scenes.footage(SEED, size, count)
+    video = tmp_path / "large.mp4"
+    scenes.write_video([frame.image for frame in frames], video, FPS)
+    client = SentSizes(server.url(), "inspection")
+    settings = VideoSettings(Request(format="grid"), concurrency=4, model_input=(128, 128))
+    out = tmp_path / "large.explained.mp4"
+    with (tmp_path / "large.jsonl").open("w") as lines:
+        tally = VideoExplainer(client, settings).run(video, out, lines, lambda *_: None)
+    client.close()
+    assert (tally.explained, tally.failed) == (count, 0)
+    assert client.sizes[0] == size and client.sizes[-8:] == [(341, 256)] * 8
+    assert set(client.sizes) == {size, (341, 256)}
+    written, _ = decoded(out)
+    assert len(written) == count and written[0].shape == (size[1], size[0], 3)
+    lines = records(tmp_path / "large.jsonl")
+    defect = [(line, frame) for line, frame in zip(lines, frames, strict=True) if frame.kind != "ok"]
+    labelled = sum(line["label"] == frame.kind for line, frame in defect)
+    tracked = sum(scenes.within_a_cell(frame.mask, (0, 0, *size), GRID, line["peak"]) for line, frame in defect)
+    assert labelled >= TRACKING_TARGET * len(defect) and tracked >= TRACKING_TARGET * len(defect), (labelled, tracked)
 
 
 def test_ctrl_c_leaves_a_playable_partial_video(server, tmp_path):
