@@ -80,7 +80,7 @@ class EigenCam(Method):
     summary = "EigenCAM: the dominant pattern of the target layer's activations (not class-specific)"
     explains = "image"
     resolution = "layer"
-    passes = "1 forward + one small eigenvector per image"
+    passes = "1 forward + one small SVD per image"
 
     def run(self, model: ExplainedModel, images: torch.Tensor, resolve: Resolver, params: MethodParams) -> MethodOutput:
         with torch.inference_mode(), model.capture(model.layer, False, model.layout) as capture:
