@@ -71,23 +71,44 @@ def shots(url: str, endpoint: str, bodies: tuple[bytes, ...]) -> list[Shot]:
     return [Shot(f"{url}/predictions/inspection", body, {"X-Explain-Method": method}) for body in bodies]
 
 
-def end_to_end(store: Path, workdir: Path, settings: Settings, rounds: int) -> dict[str, list[Window]]:
-    """Windows of every endpoint, ``rounds`` times in rotating order, after one warm-up each."""
+def worker_usage(pids: list[int]) -> tuple[int, float]:
+    """Minor page faults and CPU seconds the processes ``pids`` have used so far (/proc, Linux)."""
+    faults, seconds = 0, 0.0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        faults += int(fields[7])  # minflt
+        seconds += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    return faults, seconds
+
+
+def end_to_end(
+    store: Path, workdir: Path, settings: Settings, rounds: int
+) -> tuple[dict[str, list[Window]], dict[str, tuple[int, float]]]:
+    """Windows of every endpoint, ``rounds`` times in rotating order, after one warm-up each; and the
+    page faults and CPU seconds its model's workers spent during them."""
     ours = build_ours(store, "inspection", "inspection", None, workers=WORKERS)
     stock = build_stock(store, "inspection", "stock_inspection", WEIGHTS_FILE, workers=WORKERS)
     bodies = images()
     windows: dict[str, list[Window]] = {e: [] for e in ENDPOINTS}
+    usage = dict.fromkeys(ENDPOINTS, (0, 0.0))
     models = {"inspection": ours, "stock_inspection": stock}
     with BenchServer(store, models, workdir / "serve", MAKE_SERVE_CONFIG, env={"OMP_NUM_THREADS": "1"}) as server:
+        pids = {model: server.worker_pids(model) for model in models}
+        workers = {e: pids["stock_inspection" if e.startswith("stock") else "inspection"] for e in ENDPOINTS}
         for endpoint in ENDPOINTS:
             run_window(shots(server.url(), endpoint, bodies), CONCURRENCY, settings.warmup_window_s, max_requests=10**6)
         for r in range(rounds):
             for endpoint in ENDPOINTS[r % 3 :] + ENDPOINTS[: r % 3]:
+                before = worker_usage(workers[endpoint])
                 window = run_window(
                     shots(server.url(), endpoint, bodies), CONCURRENCY, settings.window_s, max_requests=10**6
                 )
+                after = worker_usage(workers[endpoint])
                 windows[endpoint].append(window)
-    return windows
+                spent = usage[endpoint]
+                usage[endpoint] = (spent[0] + after[0] - before[0], spent[1] + after[1] - before[1])
+    return windows, usage
 
 
 def paired(windows: dict[str, list[Window]], name: str, reference: str) -> list[float]:
@@ -266,7 +287,7 @@ def run(settings: Settings, workdir: Path) -> Section:
     stock = build_stock(store, "inspection", "stock_profiled", WEIGHTS_FILE)
     profile = profile_in_fresh_process(store, ours, stock, 6 if quick else 30)
     with ForeignLoad() as load:
-        windows = end_to_end(store, workdir, settings, rounds)
+        windows, usage = end_to_end(store, workdir, settings, rounds)
     summary = load.summary()
     ratios = {
         "gradcam / none": paired(windows, "ours, method=gradcam", "ours, method=none"),
@@ -276,12 +297,26 @@ def run(settings: Settings, workdir: Path) -> Section:
     for endpoint, measured in windows.items():
         done = sum(w.completed for w in measured)
         rps = done / max(sum(w.elapsed_s for w in measured), 1e-9)
-        rows.append([endpoint, f"{rps:.1f}", str(done), str(sum(w.errors for w in measured))])
+        faults, seconds = usage[endpoint]
+        rows.append(
+            [
+                endpoint,
+                f"{rps:.1f}",
+                str(done),
+                str(sum(w.errors for w in measured)),
+                f"{seconds / max(done, 1) * 1e3:.2f}",
+                f"{faults / max(done, 1):.0f}",
+            ]
+        )
     section.add(
         f"{WORKERS} workers per model (OMP_NUM_THREADS=1), batchSize 8, maxBatchDelay 50 ms; 224 px JPEGs at "
         f"concurrency {CONCURRENCY}; {rounds} rounds of {settings.window_s:g} s windows per endpoint in rotating "
-        f"order. During this section {summary.describe()}.",
-        table(["endpoint", "req/s (pooled)", "requests", "errors"], rows),
+        f"order. During this section {summary.describe()}. The workers' CPU time and minor page faults are "
+        "read from /proc for each window (the frontend's share is not in them).",
+        table(
+            ["endpoint", "req/s (pooled)", "requests", "errors", "workers' CPU ms / request", "page faults / request"],
+            rows,
+        ),
         table(
             ["ratio", "median of paired rounds", "rounds (min–max)"],
             [
