@@ -79,3 +79,17 @@ def test_maps_are_the_same_with_and_without_the_copy_the_probe_saves():
         copied = explainer.explain(images, [Job("gradcam")] * 4)
         for a, b in zip(probed, copied, strict=True):
             assert torch.equal(a.explanations[0].values, b.explanations[0].values)
+
+
+def test_input_gradients_leave_the_callers_batch_as_it_was():
+    torch.manual_seed(0)
+    explainer = Explainer(_InPlaceAfterLayer().eval(), (8, 8), target_layer="untouched")
+    plain = torch.rand(2, 3, 8, 8)
+    with torch.inference_mode():
+        inference = torch.rand(2, 3, 8, 8)
+    for images in (plain, inference):
+        before = images.clone()
+        for method in ("guided_backprop", "guided_gradcam"):
+            (result, _) = explainer.explain(images, [Job(method)] * 2)
+            assert result.explanations[0].values.shape == (8, 8)
+        assert torch.equal(images, before) and not images.requires_grad

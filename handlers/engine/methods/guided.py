@@ -18,6 +18,15 @@ from .gradient_cams import GradCam
 _GRADCAM = GradCam()
 
 
+def _input_leaf(images: torch.Tensor) -> torch.Tensor:
+    """``images`` as a leaf that requires grad, sharing their memory: no copy of the batch. A model
+    that writes its input in place can't run a backward to it anyway (autograd refuses the in-place
+    op on a leaf before it changes anything), so the caller's batch is never modified. A batch made
+    under ``torch.inference_mode`` can't require grad: that one is copied."""
+    leaf = images.clone() if images.is_inference() else images.detach()
+    return leaf.requires_grad_(True)
+
+
 def _saliency(input_grads: torch.Tensor, rows: torch.Tensor, every_row: bool) -> torch.Tensor:
     """max |gradient| over colour channels of ``rows`` (M x H x W), reduced before gathering.
 
@@ -59,7 +68,7 @@ class GuidedBackprop(Method):
     def run(self, model: ExplainedModel, images: torch.Tensor, resolve: Resolver, params: MethodParams) -> MethodOutput:
         switch = GuideSwitch()
         switch.armed = True
-        inputs = images.detach().clone().requires_grad_(True)
+        inputs = _input_leaf(images)
         with torch.enable_grad():
             with GuidedReLUMode(switch):
                 logits = model.model(inputs)
@@ -87,7 +96,7 @@ class GuidedGradCam(Method):
 
     def run(self, model: ExplainedModel, images: torch.Tensor, resolve: Resolver, params: MethodParams) -> MethodOutput:
         switch = GuideSwitch()
-        inputs = images.detach().clone().requires_grad_(True)
+        inputs = _input_leaf(images)
         with torch.enable_grad(), model.capture(model.layer, False, model.layout) as capture:
             with GuidedReLUMode(switch):
                 logits = model.model(inputs)
