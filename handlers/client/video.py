@@ -6,7 +6,9 @@ answer lets the next frame go at once (the server's next batch fills without wai
 client). A frame with at least twice the pixels per model input pixel that the server decodes
 at (the first answer's geometry tells) is sent shrunk by a whole factor, as the server would
 decode it. Each answer's map is drawn over its frame at the frame's own size (``--on original``:
-bicubic into the box the model saw) when the frame is written, not by the sending threads. The
+bicubic into the box the model saw) and made ready for the encoder by the thread that sent it,
+after the answer (so the next frame has gone already); the decoding thread only decodes, hands
+out and encodes H.264. The
 overlay video is written in frame order at the source's frame rate; a frame between explained
 ones (``fps`` below the source's) shows the last map over its own pixels (``between="hold"``)
 or is written plain (``"plain"``). A frame whose request fails is reported and left out (its
@@ -74,11 +76,12 @@ class VideoSettings:
 
 @dataclass
 class Outcome:
-    """One explained frame: its JSON record, and the map and where it goes on the frame (None when it failed)."""
+    """One explained frame: its JSON record, the map and where it goes, and the drawn frame (None when it failed)."""
 
     record: dict[str, Any]
     heatmap: np.ndarray | None = None
     box: Box | None = None
+    drawn: av.VideoFrame | None = None  # ready for the encoder
 
 
 @dataclass
@@ -99,7 +102,7 @@ class _Slot:
 
     index: int
     time: float
-    picture: Image.Image
+    frame: av.VideoFrame  # as decoded
     answer: Future[Outcome] | None
 
 
@@ -121,11 +124,11 @@ class Schedule:
 class VideoWriter:
     """H.264 in the output container at a constant frame rate; pts are source frame numbers, so gaps keep time.
 
-    yuv420p needs even sides: an odd last row or column is cropped off.
+    yuv420p needs even sides: an odd last row or column is cropped off (``encodable``).
     """
 
     def __init__(self, path: Path, rate: Fraction, size: tuple[int, int], codec: str) -> None:
-        self.size = (size[0] - size[0] % 2, size[1] - size[1] % 2)
+        self.size = _even(size)
         self.container = av.open(str(path), "w")
         stream = self.container.add_stream(codec, rate=rate)
         if not isinstance(stream, av.VideoStream):
@@ -138,11 +141,8 @@ class VideoWriter:
             self.stream.options = {"crf": CRF, "preset": PRESET}
         self.last_pts = -1
 
-    def write(self, picture: Image.Image, pts: int) -> None:
-        """Encode one picture as frame ``pts`` (later than every frame before)."""
-        if picture.size != self.size:
-            picture = picture.crop((0, 0, *self.size))
-        frame = av.VideoFrame.from_image(picture)
+    def write(self, frame: av.VideoFrame, pts: int) -> None:
+        """Encode one frame made by ``encodable`` as frame ``pts`` (later than every frame before)."""
         frame.pts = pts
         self.container.mux(self.stream.encode(frame))
         self.last_pts = pts
@@ -153,6 +153,24 @@ class VideoWriter:
             self.container.mux(self.stream.encode(None))
         finally:
             self.container.close()
+
+
+def _even(size: tuple[int, int]) -> tuple[int, int]:
+    return (size[0] - size[0] % 2, size[1] - size[1] % 2)
+
+
+def picture_of(frame: av.VideoFrame) -> Image.Image:
+    """A decoded frame as an RGB picture (``to_image`` gives the same pixels at three times the CPU)."""
+    return Image.fromarray(frame.to_ndarray(format="rgb24"))
+
+
+def encodable(picture: Image.Image) -> av.VideoFrame:
+    """``picture`` as the encoder takes it, converted by the calling thread: yuv420p, an odd last row or column
+    cropped off."""
+    size = _even(picture.size)
+    if picture.size != size:
+        picture = picture.crop((0, 0, *size))
+    return av.VideoFrame.from_image(picture).reformat(format="yuv420p")
 
 
 def encode_frame(picture: Image.Image, frame_format: str) -> bytes:
@@ -211,14 +229,14 @@ class VideoExplainer:
         self.tally = Tally()  # of the current or last run: what was written before an interruption
         self.stop = threading.Event()  # set (e.g. by Ctrl-C, see stop_on_sigint): end after the frame being written
 
-    def explain_frame(self, picture: Image.Image, index: int, time: float) -> Outcome:
-        """Send one frame and read its first map; a request that fails becomes the record's ``error``.
+    def explain_frame(self, decoded: av.VideoFrame, index: int, time: float) -> Outcome:
+        """Send one frame, draw its first map over it; a request that fails becomes the record's ``error``.
 
-        The map is drawn when the frame is written, in order: a thread sending frames only sends, so the
-        server gets the next frame as soon as an answer is in. ServerUnreachable is raised: every later
-        frame would fail the same way.
+        Only the request counts against ``concurrency``: encoding before it and drawing after it leave the
+        server's next frame free to go. ServerUnreachable is raised: every later frame would fail the same way.
         """
         try:
+            picture = picture_of(decoded)
             data = encode_frame(shrunk(picture, self.reduction or 1), self.settings.frame_format)
             with self.in_flight:
                 answer = self.client.explain_raw(data, self.fields)
@@ -230,7 +248,8 @@ class VideoExplainer:
             if self.reduction is None and self.settings.model_input is not None:
                 self.reduction = reduction(box, self.settings.model_input)
             spot = peak(heatmap, box) if heatmap.max() > 0 else None
-            return Outcome(_record(index, time, answer, entries[0], spot), heatmap, box)
+            drawn = encodable(self.drawer.draw(picture, heatmap, box))
+            return Outcome(_record(index, time, answer, entries[0], spot), heatmap, box, drawn)
         except ServerUnreachable:
             raise
         except ApiError as error:
@@ -261,13 +280,13 @@ class VideoExplainer:
                 total = stream.frames or None
                 schedule = Schedule(settings.fps)
                 pending: deque[_Slot] = deque()
-                for index, (time, picture) in enumerate(_frames(container, stream, rate)):
+                for index, (time, frame) in enumerate(_frames(container, stream, rate)):
                     self._check_stop()
                     tally.decoded += 1
                     if writer is None:
-                        writer = VideoWriter(out, rate, picture.size, settings.codec)
-                    answer = pool.submit(self.explain_frame, picture, index, time) if schedule.take(time) else None
-                    pending.append(_Slot(index, time, picture, answer))
+                        writer = VideoWriter(out, rate, (frame.width, frame.height), settings.codec)
+                    answer = pool.submit(self.explain_frame, frame, index, time) if schedule.take(time) else None
+                    pending.append(_Slot(index, time, frame, answer))
                     while len(pending) > WINDOW_PER_REQUEST * settings.concurrency:
                         held = self._write(pending.popleft(), writer, records, tally, held)
                         on_frame(tally, total)
@@ -296,20 +315,19 @@ class VideoExplainer:
     ) -> Outcome | None:
         """Write one frame in order: its overlay, the held map over it, itself, or nothing when it failed."""
         if slot.answer is None:
+            picture = picture_of(slot.frame)
             if self.settings.between == "hold" and held is not None and held.heatmap is not None:
                 assert held.box is not None
-                writer.write(self.drawer.draw(slot.picture, held.heatmap, held.box), slot.index)
-            else:
-                writer.write(slot.picture, slot.index)
+                picture = self.drawer.draw(picture, held.heatmap, held.box)
+            writer.write(encodable(picture), slot.index)
             tally.written += 1
             return held
         outcome = slot.answer.result()
-        if outcome.heatmap is not None:
-            assert outcome.box is not None
-            writer.write(self.drawer.draw(slot.picture, outcome.heatmap, outcome.box), slot.index)
+        if outcome.drawn is not None:
+            writer.write(outcome.drawn, slot.index)
         records.write(json.dumps(outcome.record, separators=(",", ":")) + "\n")
         records.flush()
-        if outcome.heatmap is None:
+        if outcome.drawn is None:
             tally.failed += 1
             error = str(outcome.record["error"])
             tally.errors[error] = tally.errors.get(error, 0) + 1
@@ -336,8 +354,8 @@ def stop_on_sigint(stop: threading.Event) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _frames(container: Any, stream: Any, rate: Fraction) -> Iterator[tuple[float, Image.Image]]:
-    """(time in seconds, RGB picture) of every decoded frame, in order."""
+def _frames(container: Any, stream: Any, rate: Fraction) -> Iterator[tuple[float, av.VideoFrame]]:
+    """(time in seconds, frame) of every decoded frame, in order."""
     for count, frame in enumerate(container.decode(stream)):
         time = float(frame.time) if frame.time is not None else count / float(rate)
-        yield time, Image.fromarray(frame.to_ndarray(format="rgb24"))  # to_image() costs 3x as much
+        yield time, frame
