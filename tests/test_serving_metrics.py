@@ -56,6 +56,40 @@ def test_emits_metric_lines_through_torchserves_cache(caplog):
     )
 
 
+def _lines(records: list[logging.LogRecord]) -> list[str]:
+    """The [METRICS] lines of log records, each without its timestamp (the part after the last comma)."""
+    return [
+        line.rsplit(",", 1)[0]
+        for record in records
+        for line in record.getMessage().splitlines()
+        if line.startswith("[METRICS]")
+    ]
+
+
+def test_a_batch_is_one_record_of_the_lines_torchserve_writes(caplog):
+    """One log record per batch, each line what TorchServe's own CachingMetric writes for that update."""
+    cache = MetricsCacheYamlImpl(str(METRICS_YAML))
+    cache.initialize_cache()
+    updates = [
+        ("BatchSize", 3, ()),
+        ("ExplanationLatencySeconds", 0.0125, ("gradcam",)),
+        ("ExplanationLatencySeconds", 0.0125, ("gradcam",)),
+        ("ExplainTargets", 2, ("gradcam",)),
+        ("ExplainRequests", 2, ("gradcam", "200")),
+        ("RefusedRequests", 1, ("option",)),
+        ("ExplainDecisions", 1, ("gradcam", "skipped", "confident")),
+    ]
+    with caplog.at_level(logging.INFO):
+        ServingMetrics(cache, "tiny")._emit_all(updates)
+    ours = caplog.records[:]
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        for name, value, labels in updates:
+            cache.get_metric(name, SPECS[name][2]).add_or_update(value, ["tiny", *labels])
+    assert len(ours) == 1 and len(caplog.records) == len(updates)
+    assert _lines(ours) == _lines(caplog.records)
+
+
 def test_a_failing_metrics_cache_never_fails_the_batch(caplog):
     class Broken:
         def get_metric(self, *args):
