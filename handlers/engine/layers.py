@@ -235,7 +235,9 @@ def _residual_stream(candidates: list[LayerRecord], records: list[LayerRecord]) 
     calls: dict[int, int] = {}
     for record in records:
         calls[id(record.module)] = calls.get(id(record.module), 0) + 1
-    tokens, projections, convolutions = [], [], []
+    tokens: list[LayerRecord] = []
+    projections: list[LayerRecord] = []
+    convolutions: list[LayerRecord] = []
     for record in candidates:
         if record.layout is None or calls[id(record.module)] > 1:
             continue
