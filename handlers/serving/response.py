@@ -6,12 +6,13 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
 from ..engine import METHODS, Explanation, SampleResult
 from ..preprocess import Box
-from ..render import normalise, overlay, png_base64, resize_map, tiles, to_grid
+from ..render import normalise, overlay, png_base64, resize_map, tiles
 from ..render.images import grayscale
 from .faithfulness import faithfulness_entry
 from .options import RequestOptions
@@ -20,9 +21,42 @@ PROBABILITY_DIGITS = 4  # significant digits: small probabilities stay visible (
 HEATMAP_DECIMALS = 3
 RAW_SIGNIFICANT = 6
 BOX_DECIMALS = 2  # hundredths of a pixel of the uploaded image
-# The JSON text of every value a grid heatmap holds (thousandths from 0 to 1): json.dumps formats
-# each float with repr, 256 of them for a 16 x 16 map (about 40 us); a lookup is several times faster.
-_GRID_TEXT = {k / 10**HEATMAP_DECIMALS: repr(k / 10**HEATMAP_DECIMALS) for k in range(10**HEATMAP_DECIMALS + 1)}
+_SCALE = 10**HEATMAP_DECIMALS
+# The JSON text of every value a grid heatmap holds (thousandths from 0 to 1), followed by what
+# comes after it: "," inside a row, "],[" at a row's end, nothing at the grid's end. json.dumps
+# formats each float with repr, 256 of them for a 16 x 16 map; picking texts by index is faster.
+_TEXTS = [repr(k / _SCALE) for k in range(_SCALE + 1)]
+_TOKENS = np.array([t + "," for t in _TEXTS] + [t + "],[" for t in _TEXTS] + _TEXTS, dtype=object)
+_ENDINGS: dict[tuple[int, ...], np.ndarray] = {}  # per grid shape: which of the three each value takes
+
+
+class Grid(list[list[float]]):
+    """A grid heatmap: rows of values rounded to HEATMAP_DECIMALS (a list, the answer's contract),
+    and its compact JSON text made from the same thousandths (None when one is outside 0..1)."""
+
+    def __init__(self, rows: list[list[float]], text: str | None) -> None:
+        super().__init__(rows)
+        self.text = text
+
+
+def _endings(shape: tuple[int, ...]) -> np.ndarray:
+    if shape not in _ENDINGS:
+        endings = np.zeros(shape, dtype=np.intp)
+        endings[:, -1] = _SCALE + 1
+        endings[-1, -1] = 2 * (_SCALE + 1)
+        _ENDINGS[shape] = endings.ravel()
+    return _ENDINGS[shape]
+
+
+def grid(heatmap: torch.Tensor) -> Grid:
+    """The heatmap's values rounded to HEATMAP_DECIMALS (np.round's own arithmetic: rint of value x
+    1000, divided by 1000), with the JSON text of those values (a negative zero written 0.0)."""
+    thousandths = np.rint(heatmap.detach().cpu().numpy().astype(np.float64) * _SCALE)
+    rows = (thousandths / _SCALE).tolist()
+    if thousandths.ndim != 2 or not thousandths.size or not 0 <= thousandths.min() <= thousandths.max() <= _SCALE:
+        return Grid(rows, None)  # NaN fails the comparison too
+    picked = _TOKENS[thousandths.astype(np.intp).ravel() + _endings(thousandths.shape)]
+    return Grid(rows, "[[" + "".join(picked.tolist()) + "]]")
 
 
 def predictions(probabilities: torch.Tensor, labels: Sequence[str], top_k: int) -> list[dict[str, Any]]:
@@ -82,7 +116,7 @@ def explanation(
         return entry
     heatmap = _scaled(item, values)
     if options.format == "grid":
-        entry["heatmap"] = to_grid(heatmap, HEATMAP_DECIMALS)
+        entry["heatmap"] = grid(heatmap)
     elif options.format == "png":
         entry["png"] = png_base64(grayscale(heatmap))
     else:
@@ -138,24 +172,17 @@ def answer(
     return body
 
 
-def _grid_json(grid: list[list[float]]) -> str | None:
-    """The compact JSON of a grid heatmap from ``_GRID_TEXT``; None when a value is not in it."""
-    try:
-        return "[[" + "],[".join(",".join([_GRID_TEXT[value] for value in row]) for row in grid) + "]]"
-    except (KeyError, TypeError):
-        return None
-
-
 def encode(body: dict[str, Any]) -> bytes:
     """``body`` as compact JSON bytes, what ``json.dumps`` writes (a negative zero in a heatmap as 0.0).
 
-    Grid heatmaps are written from a table of their values' texts: each is swapped for a
-    placeholder string for ``json.dumps``, whose quoted form is then replaced by the grid's text.
+    A ``Grid`` heatmap is written as its own text: swapped for a placeholder string for
+    ``json.dumps``, whose quoted form is then replaced by that text.
     """
     grids: dict[str, str] = {}
     explanations = []
     for entry in body.get("explanations", ()):
-        text = _grid_json(entry["heatmap"]) if isinstance(entry.get("heatmap"), list) else None
+        heatmap = entry.get("heatmap")
+        text = heatmap.text if isinstance(heatmap, Grid) else None
         if text is None:
             explanations.append(entry)
             continue
