@@ -221,7 +221,7 @@ def stage_profile(store: Path, ours: str, stock: str, rounds: int) -> WorkerProf
     metrics cache, then ``Service.predict``'s serialisation, with records written as a worker
     writes them: everything the worker does per batch. Stock runs alone first, with glibc's
     allocator defaults as in its own worker; our handler then sets its worker's (process-wide,
-    see handlers/serving/memory.py) and all three run in interleaved rounds.
+    see handlers/memory.py) and all three run in interleaved rounds.
     """
     torch.set_num_threads(1)  # as the worker
     with tempfile.TemporaryDirectory(prefix="serve-profile-") as tmp, _worker_logging():
@@ -333,7 +333,7 @@ def run(settings: Settings, workdir: Path) -> Section:
         "Worker CPU per request, stock / ours with method=none (above 1: ours is cheaper): "
         f"{statistics.median(profile.interleaved):.3f}x in the table (median of {len(profile.interleaved)} paired "
         f"rounds, {min(profile.interleaved):.2f}–{max(profile.interleaved):.2f}), where stock shares the glibc "
-        "thresholds our handler sets in its worker (handlers/serving/memory.py), i.e. the handlers' own code; "
+        "thresholds our handler sets in its worker (handlers/memory.py), i.e. the handlers' own code; "
         f"{profile.own_allocator:.3f}x with stock measured first, as its own worker runs, with glibc's defaults "
         f"({profile.stock_faults[0]:.0f} page faults per request there, {profile.stock_faults[1]:.0f} with ours).",
     )

@@ -32,10 +32,10 @@ import psutil
 from PIL import Image
 
 from handlers.client.api import ExplainClient, fetch_description
-from handlers.client.memory import reuse_freed_buffers
 from handlers.client.pipeline import Request
 from handlers.client.video import VideoExplainer, VideoSettings, encode_frame
 from handlers.inspection import scenes
+from handlers.memory import reuse_freed_buffers
 from handlers.testing.torchserve import TorchServe
 
 from .artifacts import build_ours

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import platform
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,7 +14,6 @@ from PIL import Image
 
 from handlers.client.api import ApiError, ExplainClient, ServerUnreachable
 from handlers.client.drawing import FrameDrawer
-from handlers.client.memory import reuse_freed_buffers
 from handlers.client.original import placed_box
 from handlers.client.video import reduction, shrunk
 from handlers.render.original import overlay_on_original
@@ -58,11 +56,6 @@ def test_a_drawer_follows_a_new_box_and_new_frame_size():
         picture = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
         expected = np.asarray(overlay_on_original(picture, heatmap, box, 0.5), dtype=np.int16)
         assert np.abs(np.asarray(drawer.draw(picture, heatmap, box), dtype=np.int16) - expected).max() <= 1
-
-
-def test_freed_frame_buffers_are_kept_for_reuse_on_glibc():
-    """glibc accepts the thresholds; elsewhere the call is a no-op that says so."""
-    assert reuse_freed_buffers() is (platform.libc_ver()[0] == "glibc")
 
 
 class _Frames(BaseHTTPRequestHandler):

@@ -18,6 +18,7 @@ from typing import TextIO
 
 import av
 
+from ..memory import reuse_freed_buffers
 from .api import ApiError, ExplainClient, read_key_file
 from .cli import (
     INTERRUPTED,
@@ -32,7 +33,6 @@ from .cli import (
     server_and_model,
     split_targets,
 )
-from .memory import reuse_freed_buffers
 from .methods import check_request
 from .pipeline import Request
 from .report import BAR_WIDTH

@@ -21,6 +21,7 @@ from PIL import Image
 from ts.torch_handler.base_handler import BaseHandler
 
 from ..engine import METHODS, Job, MethodError, SampleResult
+from ..memory import reuse_freed_buffers
 from ..preprocess import Preprocessor
 from .config import LIMIT_DEFAULTS, model_builder
 from .decode import DecodeLimits, decode
@@ -28,7 +29,6 @@ from .dependencies import MissingPackagesHandler, missing_packages
 from .errors import RequestError
 from .kserve import unfold
 from .loading import load_served_model
-from .memory import reuse_freed_buffers
 from .metrics import ServingMetrics
 from .options import FORMATS, RequestOptions
 from .payload import extract_payload
