@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -21,8 +20,3 @@ def resize_map(values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(values.shape) == tuple(size):
         return values
     return F.interpolate(values[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
-
-
-def to_grid(values: torch.Tensor, decimals: int) -> list[list[float]]:
-    """Nested list of rounded floats, the JSON form of a map."""
-    return np.round(values.detach().cpu().numpy().astype(np.float64), decimals).tolist()
