@@ -65,6 +65,7 @@ _LIMIT_HELP = {
     "max_occlusion_forwards": "most perturbed forwards one image may cost with method occlusion",
     "max_ig_steps": "most steps a request may ask of method integrated_gradients",
     "max_faithfulness_steps": "most deletion/insertion steps a request may ask with faithfulness=full",
+    "decode_threads": "large uploads of one batch decoded at once (1: one after another)",
 }
 # Bounds of the TorchServe keys, with the reason for each upper bound in the flag's help.
 BATCH_SIZE = (1, 256)

@@ -7,6 +7,7 @@ import gc
 import io
 import json
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -199,3 +200,42 @@ def test_refused_requests_leave_no_reference_cycles(handler):
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+def test_large_uploads_of_a_batch_are_decoded_on_threads_with_the_same_answers(tmp_path, monkeypatch):
+    """A batch with camera-size uploads is read on the decode threads (a batch of small ones on the
+    worker's own); every answer, a refused one included, is what one-at-a-time decoding gives, in order."""
+    import handlers.serving.handler as handler_module
+
+    large = [image_bytes(seed, size=(600, 480), fmt="PNG") for seed in range(3)]
+    assert min(len(data) for data in large) >= handler_module.PARALLEL_DECODE_BYTES
+    rows = [
+        {"body": bytearray(large[0])},
+        {"body": bytearray(image_bytes(7))},
+        {"body": {"data": base64.b64encode(large[1]).decode(), "target": "bird"}},
+        {"body": bytearray(large[2][: len(large[2]) // 2])},  # truncated: refused on its own
+        {"body": bytearray(large[2])},
+    ]
+    threads: list[str] = []
+    real_decode = handler_module.decode
+
+    def recording_decode(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(handler_module, "decode", recording_decode)
+    answers = {}
+    for count in (1, 2):
+        (tmp_path / str(count)).mkdir()
+        handler = GradCamHandler()
+        handler.initialize(custom_context(tmp_path / str(count), "--decode-threads", str(count)))
+        threads.clear()
+        answers[count] = run_batch(handler, [dict(row) for row in rows])[:2]
+        assert [name.startswith("decode") for name in threads] == [count > 1] * len(rows), threads
+        threads.clear()
+        run_batch(handler, [{"body": bytearray(image_bytes(seed))} for seed in range(4)])
+        assert not any(name.startswith("decode") for name in threads), threads
+    assert answers[1] == answers[2]
+    statuses, bodies = answers[2]
+    assert statuses == [200, 200, 200, 422, 200]
+    assert bodies[2]["explanations"][0]["target"]["label"] == "bird"
