@@ -209,7 +209,7 @@ def test_large_uploads_of_a_batch_are_decoded_on_threads_with_the_same_answers(t
 
     large = [image_bytes(seed, size=(600, 480), fmt="PNG") for seed in range(3)]
     assert min(len(data) for data in large) >= handler_module.PARALLEL_DECODE_BYTES
-    rows = [
+    rows: list[dict[str, object]] = [
         {"body": bytearray(large[0])},
         {"body": bytearray(image_bytes(7))},
         {"body": {"data": base64.b64encode(large[1]).decode(), "target": "bird"}},
