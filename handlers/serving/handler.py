@@ -58,9 +58,10 @@ def _headers(context: Any, idx: int) -> dict[str, Any]:
     return {str(k).lower(): v for k, v in (context.get_all_request_header(idx) or {}).items()}
 
 
-def _upload_bytes(row: dict[str, Any]) -> int:
-    """The size of a request's upload as TorchServe hands it over (raw body, or a JSON body's field)."""
-    body = row.get("body", row.get("data"))
+def _upload_bytes(row: Any) -> int:
+    """The size of a request's upload as TorchServe hands it over (raw body, or a JSON body's field;
+    an envelope in front may hand over the payload itself). Never raises: it only picks the path."""
+    body = row.get("body", row.get("data")) if isinstance(row, dict) else row
     if isinstance(body, dict):
         body = body.get("data")
     return len(body) if isinstance(body, (bytes, bytearray, str)) else 0
