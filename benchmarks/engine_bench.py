@@ -113,9 +113,7 @@ def run(settings: Settings) -> Section:
         with ForeignLoad() as load:
             wall, cpu = interleave(
                 calls,
-                min_rounds=settings.engine_min_rounds,
-                max_rounds=settings.engine_max_rounds,
-                budget_s=settings.engine_budget_s,
+                **settings.engine_rounds,
                 warmup=1,
                 repeat=repeat,
             )

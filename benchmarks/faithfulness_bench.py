@@ -76,24 +76,14 @@ def run(settings: Settings) -> Section:
         with ForeignLoad() as load:
             wall, cpu = interleave(
                 calls,
-                min_rounds=settings.engine_min_rounds,
-                max_rounds=settings.engine_max_rounds,
-                budget_s=settings.engine_budget_s,
+                **settings.engine_rounds,
                 repeat=repeats,
             )
         deciding = cpu if threads == 1 else wall
-        rows = [
-            [PLAIN, "-", seconds(wall.stats(PLAIN)), "1x", "1x", "1"],
-            [
-                FLOOR,
-                "-",
-                seconds(wall.stats(FLOOR)),
-                ratio(deciding.ratio(FLOOR, PLAIN)),
-                f"{deciding.best_ratio(FLOOR, PLAIN):.2f}x",
-                "2",
-            ],
-        ]
-        for name, (options, _, _) in VARIANTS.items():
+        rows = [[PLAIN, "-", seconds(wall.stats(PLAIN)), "1x", "1x", "1"]]
+        shown = [(FLOOR, "-", "2")]
+        shown += [(name, options, f"{rows_per_call[name] / BATCH:g}") for name, (options, _, _) in VARIANTS.items()]
+        for name, options, forwards in shown:
             rows.append(
                 [
                     name,
@@ -101,7 +91,7 @@ def run(settings: Settings) -> Section:
                     seconds(wall.stats(name)),
                     ratio(deciding.ratio(name, PLAIN)),
                     f"{deciding.best_ratio(name, PLAIN):.2f}x",
-                    f"{rows_per_call[name] / BATCH:g}",
+                    forwards,
                 ]
             )
         section.add(

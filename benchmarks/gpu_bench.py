@@ -46,10 +46,7 @@ def measure(settings: Settings) -> tuple[dict[str, float], str]:
         "guided_gradcam": synchronised(lambda: explainer.explain(images, [Job("guided_gradcam")] * BATCH)),
     }
     repeat = calibrate_repeat(calls["prediction"], settings.engine_min_call_s)
-    rounds = (settings.engine_min_rounds, settings.engine_max_rounds)
-    wall, _ = interleave(
-        calls, min_rounds=rounds[0], max_rounds=rounds[1], budget_s=settings.engine_budget_s, repeat=repeat
-    )
+    wall, _ = interleave(calls, **settings.engine_rounds, repeat=repeat)
     ratios = {
         "gradcam / prediction": wall.best_ratio("gradcam", "prediction"),
         "guided_gradcam / floor": wall.best_ratio("guided_gradcam", "floor"),

@@ -67,9 +67,7 @@ def _engine(settings: Settings, section: Section) -> None:
         repeat = calibrate_repeat(calls[NONE], settings.engine_min_call_s)
         wall, cpu = interleave(
             calls,
-            min_rounds=settings.engine_min_rounds,
-            max_rounds=settings.engine_max_rounds,
-            budget_s=settings.engine_budget_s,
+            **settings.engine_rounds,
             repeat=repeat,
         )
         deciding = cpu if threads == 1 else wall

@@ -4,6 +4,7 @@ QUICK (a smoke run of every code path, < 2 min idle)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,15 @@ class Settings:
     # Section 6 (vision transformers): interleaved rounds per model.
     transformer_models: tuple[str, ...]
     transformer_rounds: int
+
+    @property
+    def engine_rounds(self) -> dict[str, Any]:
+        """``interleave``'s rounds and budget for an engine section (min_rounds, max_rounds, budget_s)."""
+        return {
+            "min_rounds": self.engine_min_rounds,
+            "max_rounds": self.engine_max_rounds,
+            "budget_s": self.engine_budget_s,
+        }
 
 
 FULL = Settings(
