@@ -18,16 +18,14 @@ from PIL import Image
 
 from ..render.original import (
     HATCH_GREY,
-    HATCH_PERIOD,
-    HATCH_WIDTH,
     JET_STEPS,
     JET_TABLE,
     OUTLINE,
     UNSEEN_KEEP,
     Box,
-    _inside,
-    _outline,
-    bicubic_weights,
+    draw_outline,
+    hatch_mask,
+    placement,
 )
 
 _JET_RGBX = np.concatenate([JET_TABLE, np.zeros((JET_STEPS, 1), np.uint8)], axis=1).view(np.uint32).ravel()
@@ -58,10 +56,8 @@ class Layout:
 
 def layout(size: tuple[int, int], box: Box, cells: tuple[int, int]) -> Layout:
     """The layout of a ``cells`` (rows, columns) map in ``box`` on ``size`` (width, height) frames."""
-    x0, y0, x1, y1 = (float(v) for v in box)
-    columns, rows = _inside(x0, x1, size[0]), _inside(y0, y1, size[1])
-    down = bicubic_weights(rows + 0.5, y0, y1, cells[0]).astype(np.float32)
-    across = np.ascontiguousarray(bicubic_weights(columns + 0.5, x0, x1, cells[1]).T.astype(np.float32))
+    rows, columns, down, across = placement(size, box, cells)
+    down, across = down.astype(np.float32), across.astype(np.float32)
     if len(rows) and len(columns):
         area = (int(columns[0]), int(rows[0]), int(columns[-1]) + 1, int(rows[-1]) + 1)
     else:
@@ -69,10 +65,9 @@ def layout(size: tuple[int, int], box: Box, cells: tuple[int, int]) -> Layout:
     whole = area == (0, 0, *size)
     if whole:
         return Layout(area, down, across, True, None, None)
-    yy, xx = np.mgrid[0 : size[1], 0 : size[0]]
-    hatch = Image.fromarray((((xx + yy) % HATCH_PERIOD) < HATCH_WIDTH).astype(np.uint8) * 255, mode="L")
+    hatch = Image.fromarray(hatch_mask(size).astype(np.uint8) * 255, mode="L")
     drawn = Image.new("RGB", size)
-    _outline(drawn, box)
+    draw_outline(drawn, box)
     outline = drawn.convert("L").point(lambda v: 255 if v else 0)
     return Layout(area, down, across, False, hatch, outline)
 

@@ -62,34 +62,46 @@ def _inside(start: float, end: float, size: int) -> np.ndarray:
     return np.arange(first, max(first, last))
 
 
+def placement(
+    size: tuple[int, int], box: Box, cells: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Where a ``cells`` (rows, columns) map in ``box`` lands on a ``size`` (width, height) image:
+    (row indices, column indices, rows x map rows weights, map columns x columns weights)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    columns, rows = _inside(x0, x1, size[0]), _inside(y0, y1, size[1])
+    down = bicubic_weights(rows + 0.5, y0, y1, cells[0])
+    across = np.ascontiguousarray(bicubic_weights(columns + 0.5, x0, x1, cells[1]).T)
+    return rows, columns, down, across
+
+
 def upsample(heatmap: np.ndarray, box: Box, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The map bicubically resampled onto the pixels of a ``size`` (width, height) image inside ``box``.
 
     Returns (row indices, column indices, values in [0, 1] of shape rows x columns).
     """
-    x0, y0, x1, y1 = (float(v) for v in box)
-    columns, rows = _inside(x0, x1, size[0]), _inside(y0, y1, size[1])
-    cells_y, cells_x = heatmap.shape
-    across = bicubic_weights(columns + 0.5, x0, x1, cells_x)
-    down = bicubic_weights(rows + 0.5, y0, y1, cells_y)
+    rows, columns, down, across = placement(size, box, heatmap.shape[:2])
     # einsum's own single-threaded loops (BLAS threads only spin on a busy machine), on contiguous operands
     half = np.einsum("rk,kc->rc", down, np.asarray(heatmap, dtype=np.float64))
-    values = np.einsum("rk,kc->rc", half, np.ascontiguousarray(across.T))
+    values = np.einsum("rk,kc->rc", half, across)
     return rows, columns, np.clip(values, 0.0, 1.0)
+
+
+def hatch_mask(size: tuple[int, int]) -> np.ndarray:
+    """Where the thin diagonal lines marking unseen pixels fall on a ``size`` (width, height) image."""
+    yy, xx = np.mgrid[0 : size[1], 0 : size[0]]
+    return ((xx + yy) % HATCH_PERIOD) < HATCH_WIDTH
 
 
 def _unseen(picture: Image.Image) -> Image.Image:
     """The picture darkened and hatched with thin diagonal lines: visible, plainly not explained."""
     base = np.asarray(picture, dtype=np.float32)
-    height, width = base.shape[:2]
-    yy, xx = np.mgrid[0:height, 0:width]
-    hatch = ((xx + yy) % HATCH_PERIOD) < HATCH_WIDTH
+    hatch = hatch_mask(picture.size)
     dimmed = base * UNSEEN_KEEP
     dimmed[hatch] = 0.5 * dimmed[hatch] + 0.5 * HATCH_GREY
     return Image.fromarray((dimmed + 0.5).astype(np.uint8))  # values in [0, 255]: truncating rounds
 
 
-def _outline(picture: Image.Image, box: Box) -> None:
+def draw_outline(picture: Image.Image, box: Box) -> None:
     """Draw the box's border (clipped to the picture) in place, ``OUTLINE_WIDTH`` pixels inside the box."""
     width, height = picture.size
     x0, y0, x1, y1 = (int(np.floor(float(v) + 0.5)) for v in box)  # halves up, as the viewer's Math.round
@@ -119,7 +131,7 @@ def overlay_on_original(image: Image.Image, heatmap: np.ndarray, box: Box, alpha
     rows, columns, values = upsample(np.asarray(heatmap, dtype=np.float64), box, picture.size)
     if not (len(rows) and len(columns)):
         result = _unseen(picture)
-        _outline(result, box)
+        draw_outline(result, box)
         return result
     colours = Image.fromarray(np.take(JET_TABLE, np.floor(values * (JET_STEPS - 1) + 0.5).astype(np.intp), axis=0))
     if len(rows) == picture.height and len(columns) == picture.width:
@@ -127,7 +139,7 @@ def overlay_on_original(image: Image.Image, heatmap: np.ndarray, box: Box, alpha
     area = (int(columns[0]), int(rows[0]), int(columns[-1]) + 1, int(rows[-1]) + 1)
     result = _unseen(picture)
     result.paste(Image.blend(picture.crop(area), colours, alpha), area[:2])
-    _outline(result, box)
+    draw_outline(result, box)
     return result
 
 
