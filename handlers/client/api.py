@@ -66,6 +66,19 @@ def _message_of(content: bytes, reason: str) -> str:
     return str(body.get("error") or body.get("message") or body)
 
 
+def _prediction(status: int, reason: str, content: bytes) -> dict[str, Any]:
+    """The JSON answer to an explanation request; ApiError for an error status or anything but an answer."""
+    if status >= 400:
+        raise ApiError(_message_of(content, reason), status)
+    try:
+        body = json.loads(content)
+    except ValueError:
+        raise ApiError(f"answer is not JSON: {content.decode('utf-8', 'replace')[:200]!r}", status) from None
+    if not isinstance(body, dict) or "predictions" not in body:
+        raise ApiError(f"answer has no 'predictions': {str(body)[:200]}", status)
+    return body
+
+
 class ExplainClient:
     """Posts images to ``{url}/predictions/{model}`` as multipart (field ``data`` + option fields)."""
 
@@ -96,16 +109,7 @@ class ExplainClient:
         request on both sides (no multipart to build or parse), for streams of frames."""
         headers = {f"X-Explain-{name.replace('_', '-')}": value for name, value in fields.items()}
         headers["Content-Type"] = "application/octet-stream"
-        status, reason, content = self._send_raw(image, {**self.headers, **headers})
-        if status >= 400:
-            raise ApiError(_message_of(content, reason), status)
-        try:
-            body = json.loads(content)
-        except ValueError:
-            raise ApiError(f"answer is not JSON: {content[:200]!r}", status) from None
-        if not isinstance(body, dict) or "predictions" not in body:
-            raise ApiError(f"answer has no 'predictions': {str(body)[:200]}", status)
-        return body
+        return _prediction(*self._send_raw(image, {**self.headers, **headers}))
 
     def _connection(self, fresh: bool) -> tuple[http.client.HTTPConnection, bool]:
         """This thread's kept-alive connection (a new one when ``fresh`` or none yet), and whether it is reused."""
@@ -158,15 +162,7 @@ class ExplainClient:
             raise ServerUnreachable(f"cannot connect to {self.endpoint}: is TorchServe running there?") from None
         except requests.RequestException as error:
             raise ApiError(f"request failed: {error}") from None
-        if answer.status_code >= 400:
-            raise ApiError(_error_message(answer), answer.status_code)
-        try:
-            body = answer.json()
-        except ValueError:
-            raise ApiError(f"answer is not JSON: {answer.text[:200]!r}", answer.status_code) from None
-        if not isinstance(body, dict) or "predictions" not in body:
-            raise ApiError(f"answer has no 'predictions': {str(body)[:200]}", answer.status_code)
-        return body
+        return _prediction(answer.status_code, answer.reason, answer.content)
 
     def close(self) -> None:
         """Close every thread's session and connection."""
