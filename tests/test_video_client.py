@@ -1,4 +1,5 @@
-"""The video client's fast paths: frames drawn as overlay_on_original draws them, raw frames on kept-alive HTTP."""
+"""The video client's fast paths: frames drawn on their yuv420p planes as overlay_on_original draws them,
+frames sent converted (and shrunk) in one FFmpeg pass, raw frames on kept-alive HTTP."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
+import av
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,11 +17,14 @@ from PIL import Image
 from handlers.client.api import ApiError, ExplainClient, ServerUnreachable
 from handlers.client.drawing import FrameDrawer
 from handlers.client.original import placed_box
-from handlers.client.video import reduction, shrunk
+from handlers.client.video import blank, plain, planes_of, reduction, sent_picture, sent_size
+from handlers.inspection import scenes
 from handlers.render.original import overlay_on_original
 from handlers.testing.torchserve import free_port
 
 SIZES = [(256, 192), (640, 480), (31, 57)]
+LUMA_TOLERANCE = 2  # levels of Y: rounding only (the blend is linear in Y as in R, G and B)
+CHROMA_TOLERANCE = 12  # levels of U and V where a map cell spans at least 8 x 6 chroma samples (see below)
 
 
 def boxes(width: int, height: int) -> list[tuple[float, ...]]:
@@ -32,19 +37,50 @@ def boxes(width: int, height: int) -> list[tuple[float, ...]]:
     ]
 
 
+def decoded_frame(size: tuple[int, int], seed: int) -> av.VideoFrame:
+    """A natural yuv420p frame of ``size`` as a decoder hands it out: a production-line picture converted by FFmpeg."""
+    picture = Image.fromarray(scenes.footage(seed, (256, 192), 1)[0].image).resize(size, Image.Resampling.BILINEAR)
+    return av.VideoFrame.from_image(picture).reformat(format="yuv420p")
+
+
+def drawn_planes(drawer: FrameDrawer, frame: av.VideoFrame, heatmap: np.ndarray, box) -> list[np.ndarray]:
+    source = planes_of(frame)
+    _, target = blank((source[0].shape[1], source[0].shape[0]))
+    drawer.draw((frame.width, frame.height), source, heatmap, box, target)
+    return [np.asarray(plane, dtype=np.int16) for plane in target]
+
+
+def image_overlay_planes(frame: av.VideoFrame, heatmap: np.ndarray, box, alpha: float) -> list[np.ndarray]:
+    """The image overlay (RGB) of the decoded frame, converted for the encoder as FFmpeg does: what the video
+    got before frames were drawn in YUV."""
+    overlay = overlay_on_original(frame.to_image(), heatmap, box, alpha)
+    even = (frame.width - frame.width % 2, frame.height - frame.height % 2)
+    converted = av.VideoFrame.from_image(overlay.crop((0, 0, *even))).reformat(format="yuv420p")
+    return [np.asarray(plane, dtype=np.int16) for plane in planes_of(converted)]
+
+
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("cells", [(16, 16), (7, 7), (14, 10)])
-def test_frames_are_drawn_as_overlay_on_original_draws_them(size, cells):
-    """Within one colour level everywhere (float32 sums may pick the neighbouring colormap step), for every box."""
+def test_frames_are_drawn_as_the_image_overlay_converted_for_the_encoder(size, cells):
+    """Drawn on the yuv420p planes, a frame equals overlay_on_original's RGB picture converted to yuv420p
+    by FFmpeg: Y within 2 levels for every frame size, box and grid (the odd last row and column left off).
+    U and V (one sample per 2 x 2 pixels) take the map at the sample instead of averaging jet's colours
+    over its pixels: they agree within CHROMA_TOLERANCE where a map cell spans >= 8 x 6 chroma samples
+    (random maps, steeper than any real one); on the 31 x 57 frame a cell is 1 to 4 chroma samples, where
+    chroma can't follow the map either way, and luma alone is compared."""
     rng = np.random.default_rng(sum(size) + sum(cells))
-    picture = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    frame = decoded_frame(size, sum(size))
     drawer = FrameDrawer(0.4)
+    chroma_cells = min(size[0] // 2 / cells[1], size[1] // 2 / cells[0])
     for box in boxes(*size):
         heatmap = rng.random(cells)
-        expected = np.asarray(overlay_on_original(picture, heatmap, box, 0.4), dtype=np.int16)
-        drawn = np.asarray(drawer.draw(picture, heatmap, box), dtype=np.int16)
-        assert drawn.shape == expected.shape
-        assert np.abs(drawn - expected).max() <= 1, box
+        drawn = drawn_planes(drawer, frame, heatmap, box)
+        expected = image_overlay_planes(frame, heatmap, box, 0.4)
+        assert [plane.shape for plane in drawn] == [plane.shape for plane in expected]
+        assert np.abs(drawn[0] - expected[0]).max() <= LUMA_TOLERANCE, box
+        if chroma_cells >= 6:
+            for plane, reference in zip(drawn[1:], expected[1:], strict=True):
+                assert np.abs(plane - reference).max() <= CHROMA_TOLERANCE, box
 
 
 def test_a_drawer_follows_a_new_box_and_new_frame_size():
@@ -53,9 +89,18 @@ def test_a_drawer_follows_a_new_box_and_new_frame_size():
     drawer = FrameDrawer(0.5)
     heatmap = rng.random((8, 8))
     for size, box in [((120, 80), (0, 0, 120, 80)), ((120, 80), (20, 0, 100, 80)), ((90, 60), (20, 0, 100, 80))]:
-        picture = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-        expected = np.asarray(overlay_on_original(picture, heatmap, box, 0.5), dtype=np.int16)
-        assert np.abs(np.asarray(drawer.draw(picture, heatmap, box), dtype=np.int16) - expected).max() <= 1
+        frame = decoded_frame(size, 3)
+        expected = image_overlay_planes(frame, heatmap, box, 0.5)
+        assert np.abs(drawn_planes(drawer, frame, heatmap, box)[0] - expected[0]).max() <= LUMA_TOLERANCE
+
+
+def test_frames_between_explained_ones_are_copied_whole():
+    """A plain frame is the decoded planes as they were (an odd last row and column left off), in a frame of its own."""
+    frame = decoded_frame((63, 47), 5)
+    copy = plain(frame)
+    assert (copy.width, copy.height) == (62, 46)
+    for written, source in zip(planes_of(copy), planes_of(frame), strict=True):
+        assert np.array_equal(written, source)
 
 
 class _Frames(BaseHTTPRequestHandler):
@@ -154,12 +199,27 @@ def test_frames_are_shrunk_as_the_server_would_decode_them(frame, box, model_inp
     """The whole factor leaves >= 2 frame pixels per model input pixel on both axes, like the server's own
     reduced decoding (resize 256: shorter side // 512; stretch: min(width // 2w, height // 2h))."""
     assert reduction(box, model_input) == factor
-    sent = shrunk(Image.new("RGB", frame), factor)
-    assert sent.size == (round(frame[0] / factor), round(frame[1] / factor))
+    sent = sent_picture(av.VideoFrame(frame[0], frame[1], "yuv420p"), factor)
+    assert sent.size == (round(frame[0] / factor), round(frame[1] / factor)) == sent_size(frame, factor)
+
+
+def test_a_frame_sent_whole_is_the_decoded_frame_in_rgb():
+    """Unshrunk, the sent picture has the pixels PyAV's own conversion gives (``to_image``)."""
+    frame = decoded_frame((63, 47), 7)
+    assert np.array_equal(np.asarray(sent_picture(frame, 1)), np.asarray(frame.to_image()))
+
+
+def test_a_shrunk_frame_is_the_frame_averaged_down():
+    """Shrunk by 3, each sent pixel is close to the mean of its 3 x 3 block of the frame (one FFmpeg pass)."""
+    frame = decoded_frame((600, 450), 9)
+    full = np.asarray(frame.to_image(), dtype=np.float64)
+    blocks = full.reshape(150, 3, 200, 3, 3).mean(axis=(1, 3))
+    sent = np.asarray(sent_picture(frame, 3), dtype=np.float64)
+    assert sent.shape == blocks.shape and np.abs(sent - blocks).mean() < 2.0
 
 
 def test_the_geometry_of_a_shrunk_frame_scales_back_to_the_frame():
     """The server reports the box in the sent picture's pixels; the client places it on the full frame."""
-    sent = shrunk(Image.new("RGB", (1000, 750)), 3)
-    answer = {"geometry": {"original_size": list(sent.size), "box": [0, 0, *sent.size]}}
+    sent = sent_size((1000, 750), 3)
+    answer = {"geometry": {"original_size": list(sent), "box": [0, 0, *sent]}}
     assert placed_box(answer, (1000, 750)) == pytest.approx((0, 0, 1000, 750))

@@ -5,15 +5,17 @@ are sent ``concurrency`` at a time, so TorchServe batches them; as many more wai
 answer lets the next frame go at once (the server's next batch fills without waiting for the
 client). A frame with at least twice the pixels per model input pixel that the server decodes
 at (the first answer's geometry tells) is sent shrunk by a whole factor, as the server would
-decode it. Each answer's map is drawn over its frame at the frame's own size (``--on original``:
-bicubic into the box the model saw) and made ready for the encoder by the thread that sent it,
-after the answer (so the next frame has gone already); the decoding thread only decodes, hands
-out and encodes H.264. The
-overlay video is written in frame order at the source's frame rate; a frame between explained
-ones (``fps`` below the source's) shows the last map over its own pixels (``between="hold"``)
-or is written plain (``"plain"``). A frame whose request fails is reported and left out (its
-time slot stays: the picture before it stays on screen), the rest is written. Whatever ends the
-run (the last frame, an error, Ctrl-C), the video is finished and closed, so it plays.
+decode it; the sent picture is made from the decoded frame by one FFmpeg pass (scale and convert
+to RGB at once). Each answer's map is drawn over its frame at the frame's own size (``--on
+original``: bicubic into the box the model saw) straight onto the decoded yuv420p planes, the
+encoder's own format (``drawing.py``: no RGB picture of the full frame is ever made), by the
+thread that sent it, after the answer (so the next frame has gone already); the decoding thread
+only decodes, hands out and encodes H.264. The overlay video is written in frame order at the
+source's frame rate; a frame between explained ones (``fps`` below the source's) shows the last
+map over its own pixels (``between="hold"``) or is written plain (``"plain"``). A frame whose
+request fails is reported and left out (its time slot stays: the picture before it stays on
+screen), the rest is written. Whatever ends the run (the last frame, an error, Ctrl-C), the
+video is finished and closed, so it plays.
 
 One JSON line per explained frame: ``frame``, ``time`` (seconds), ``label``/``probability`` of
 the top prediction, ``target`` (the explained class; null for class-agnostic methods),
@@ -39,11 +41,12 @@ from typing import Any, TextIO
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 from PIL import Image
 
 from ..render.original import Box, peak
 from .api import ApiError, ExplainClient, ServerUnreachable
-from .drawing import FrameDrawer
+from .drawing import FrameDrawer, Planes
 from .original import heatmap_of, placed_box
 from .pipeline import Request
 
@@ -124,7 +127,7 @@ class Schedule:
 class VideoWriter:
     """H.264 in the output container at a constant frame rate; pts are source frame numbers, so gaps keep time.
 
-    yuv420p needs even sides: an odd last row or column is cropped off (``encodable``).
+    yuv420p needs even sides: an odd last row or column is left off (``planes_of``).
     """
 
     def __init__(self, path: Path, rate: Fraction, size: tuple[int, int], codec: str) -> None:
@@ -142,7 +145,7 @@ class VideoWriter:
         self.last_pts = -1
 
     def write(self, frame: av.VideoFrame, pts: int) -> None:
-        """Encode one frame made by ``encodable`` as frame ``pts`` (later than every frame before)."""
+        """Encode one yuv420p frame of ``size`` (``blank``'s) as frame ``pts`` (later than every frame before)."""
         frame.pts = pts
         self.container.mux(self.stream.encode(frame))
         self.last_pts = pts
@@ -159,18 +162,52 @@ def _even(size: tuple[int, int]) -> tuple[int, int]:
     return (size[0] - size[0] % 2, size[1] - size[1] % 2)
 
 
-def picture_of(frame: av.VideoFrame) -> Image.Image:
-    """A decoded frame as an RGB picture (``to_image`` gives the same pixels at three times the CPU)."""
-    return Image.fromarray(frame.to_ndarray(format="rgb24"))
+def yuv420p(frame: av.VideoFrame) -> av.VideoFrame:
+    """A decoded frame as yuv420p (itself when it is one: no conversion for the usual H.264 input)."""
+    return frame if frame.format.name == "yuv420p" else frame.reformat(format="yuv420p")
 
 
-def encodable(picture: Image.Image) -> av.VideoFrame:
-    """``picture`` as the encoder takes it, converted by the calling thread: yuv420p, an odd last row or column
-    cropped off."""
-    size = _even(picture.size)
-    if picture.size != size:
-        picture = picture.crop((0, 0, *size))
-    return av.VideoFrame.from_image(picture).reformat(format="yuv420p")
+def planes_of(frame: av.VideoFrame) -> Planes:
+    """Y, U, V of a yuv420p frame as arrays (views of its buffers, writable), an odd last row or column left off:
+    the encoder takes even sides only."""
+    width, height = _even((frame.width, frame.height))
+    views = []
+    for plane, (columns, rows) in zip(
+        frame.planes, ((width, height), (width // 2, height // 2), (width // 2, height // 2)), strict=True
+    ):
+        samples = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(-1, plane.line_size)
+        views.append(samples[:rows, :columns])
+    return views[0], views[1], views[2]
+
+
+def blank(size: tuple[int, int]) -> tuple[av.VideoFrame, Planes]:
+    """A new yuv420p frame of ``size`` (even sides) for the encoder, and its planes to write."""
+    frame = av.VideoFrame(size[0], size[1], "yuv420p")
+    return frame, planes_of(frame)
+
+
+def plain(frame: av.VideoFrame) -> av.VideoFrame:
+    """A decoded yuv420p frame copied as the encoder takes it (its own frame: the decoder keeps its buffers)."""
+    source = planes_of(frame)
+    copy, target = blank((source[0].shape[1], source[0].shape[0]))
+    for into, plane in zip(target, source, strict=True):
+        into[...] = plane
+    return copy
+
+
+_converters = threading.local()  # each thread's own FFmpeg scaler: made once, not per frame (a third of the cost)
+
+
+def sent_picture(frame: av.VideoFrame, factor: int) -> Image.Image:
+    """The RGB picture sent for a decoded frame: scaled (area average) to ``sent_size`` and converted in one pass."""
+    converter = getattr(_converters, "reformatter", None)
+    if converter is None:
+        converter = _converters.reformatter = VideoReformatter()
+    width, height = sent_size((frame.width, frame.height), factor)
+    rgb = converter.reformat(frame, width, height, "rgb24", interpolation="AREA" if factor > 1 else None)
+    plane = rgb.planes[0]
+    samples = np.frombuffer(memoryview(plane), dtype=np.uint8)  # no copy: the picture keeps the frame's buffer
+    return Image.frombuffer("RGB", (width, height), samples, "raw", "RGB", plane.line_size, 1)
 
 
 def encode_frame(picture: Image.Image, frame_format: str) -> bytes:
@@ -193,13 +230,12 @@ def reduction(box: Box, model_input: tuple[int, int]) -> int:
     return max(1, int(per_pixel // SEND_MARGIN))
 
 
-def shrunk(picture: Image.Image, factor: int) -> Image.Image:
-    """``picture`` averaged down by ``factor`` to round(size / factor): the whole picture stays mapped onto
-    the whole sent image, so the answer's geometry scales back exactly (``placed_box``)."""
+def sent_size(size: tuple[int, int], factor: int) -> tuple[int, int]:
+    """A frame's (width, height) shrunk by ``factor``: round(size / factor), so the whole frame stays mapped onto
+    the whole sent picture and the answer's geometry scales back exactly (``placed_box``)."""
     if factor == 1:
-        return picture
-    width, height = picture.size
-    return picture.resize((max(1, round(width / factor)), max(1, round(height / factor))), Image.Resampling.BOX)
+        return size
+    return (max(1, round(size[0] / factor)), max(1, round(size[1] / factor)))
 
 
 def _record(index: int, time: float, answer: dict[str, Any], entry: dict[str, Any], spot: Any) -> dict[str, Any]:
@@ -236,19 +272,18 @@ class VideoExplainer:
         server's next frame free to go. ServerUnreachable is raised: every later frame would fail the same way.
         """
         try:
-            picture = picture_of(decoded)
-            data = encode_frame(shrunk(picture, self.reduction or 1), self.settings.frame_format)
+            data = encode_frame(sent_picture(decoded, self.reduction or 1), self.settings.frame_format)
             with self.in_flight:
                 answer = self.client.explain_raw(data, self.fields)
             entries = answer.get("explanations") or []
             if not entries:
                 raise ApiError("the answer has no explanation to draw")
             heatmap = heatmap_of(entries[0])
-            box = placed_box(answer, picture.size)  # in the frame's own pixels, whatever size it was sent at
+            box = placed_box(answer, (decoded.width, decoded.height))  # in the frame's pixels, whatever size it went at
             if self.reduction is None and self.settings.model_input is not None:
                 self.reduction = reduction(box, self.settings.model_input)
             spot = peak(heatmap, box) if heatmap.max() > 0 else None
-            drawn = encodable(self.drawer.draw(picture, heatmap, box))
+            drawn = self.overlay(decoded, heatmap, box)
             return Outcome(_record(index, time, answer, entries[0], spot), heatmap, box, drawn)
         except ServerUnreachable:
             raise
@@ -257,6 +292,13 @@ class VideoExplainer:
         except (KeyError, IndexError, TypeError, ValueError) as error:
             message = f"unexpected answer from the server ({type(error).__name__}: {error})"
             return Outcome({"frame": index, "time": round(time, 4), "error": message})
+
+    def overlay(self, decoded: av.VideoFrame, heatmap: np.ndarray, box: Box) -> av.VideoFrame:
+        """The map drawn over a decoded frame, on its yuv420p planes, as a new frame for the encoder."""
+        source = planes_of(yuv420p(decoded))
+        frame, target = blank((source[0].shape[1], source[0].shape[0]))
+        self.drawer.draw((decoded.width, decoded.height), source, heatmap, box, target)
+        return frame
 
     def run(self, source: Path, out: Path, records: TextIO, on_frame: Callable[[Tally, int | None], None]) -> Tally:
         """Explain ``source`` into ``out`` (and ``records``); ``on_frame`` sees the tally after each written slot.
@@ -315,11 +357,12 @@ class VideoExplainer:
     ) -> Outcome | None:
         """Write one frame in order: its overlay, the held map over it, itself, or nothing when it failed."""
         if slot.answer is None:
-            picture = picture_of(slot.frame)
             if self.settings.between == "hold" and held is not None and held.heatmap is not None:
                 assert held.box is not None
-                picture = self.drawer.draw(picture, held.heatmap, held.box)
-            writer.write(encodable(picture), slot.index)
+                frame = self.overlay(slot.frame, held.heatmap, held.box)
+            else:
+                frame = plain(yuv420p(slot.frame))
+            writer.write(frame, slot.index)
             tally.written += 1
             return held
         outcome = slot.answer.result()
