@@ -13,9 +13,10 @@ generator, on the other), as when the client has a machine of its own.
 
 The two sides do different work per frame, and the ratio charges the difference to the video,
 as a user would see it: the load generator posts JPEGs encoded before the window and reads no
-answer, the client decodes the H.264 input, encodes each frame as JPEG, parses the answer, draws
-the map at the frame's size and encodes H.264 (preset ultrafast). Neither sends frames shrunk at
-these sizes (the client would from twice the model's input on both axes, as the server decodes).
+answer, the client decodes the H.264 input, converts each frame to RGB and encodes it as JPEG,
+parses the answer, draws the map at the frame's size on its decoded yuv420p planes and encodes
+H.264 (preset ultrafast). Neither sends frames shrunk at these sizes (the client would from twice
+the model's input on both axes, as the server decodes).
 """
 
 from __future__ import annotations
