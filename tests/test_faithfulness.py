@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from pytorch_grad_cam.metrics.arcc import Complexity
 from pytorch_grad_cam.metrics.cam_mult_image import DropInConfidence, IncreaseInConfidence
 from pytorch_grad_cam.metrics.perturbation_confidence import (
@@ -251,6 +252,20 @@ def test_explanation_masks_upsample_any_resolution_to_the_input_and_scale_to_one
     assert masks[0].max() == pytest.approx(1) and masks[0].min() >= 0
     assert masks[1].max() == pytest.approx(1)
     assert not masks[2].any() and not masks[3].any()  # nothing positive: nothing highlighted
+
+
+RESIZES = [((16, 16), (128, 128)), ((7, 7), (224, 224)), ((4, 4), (64, 64)), ((9, 13), (100, 77)), ((40, 30), (32, 48))]
+
+
+@pytest.mark.parametrize(("shape", "size"), RESIZES)
+def test_masks_are_f_interpolates_bilinear_and_the_curves_ranks_its_very_values(shape, size):
+    maps = torch.rand(3, *shape, generator=torch.Generator().manual_seed(2)) - 0.3
+    upsampled = F.interpolate(maps.clamp_min(0)[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    expected = upsampled / upsampled.amax(dim=(1, 2), keepdim=True)
+    torch.testing.assert_close(explanation_masks(list(maps), size), expected, atol=1e-6, rtol=0)
+    assert torch.equal(explanation_masks(list(maps), size, for_ranks=True), expected)
+    uniform = explanation_masks([torch.full(shape, 2.5)], size)
+    assert torch.equal(uniform, torch.ones_like(uniform))  # the explanation image of a uniform map is the image
 
 
 def test_works_on_any_batch_and_resolution_of_a_torchvision_model(explainer_for):
