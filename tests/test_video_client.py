@@ -12,12 +12,13 @@ from typing import ClassVar
 import av
 import numpy as np
 import pytest
+from av.video.reformatter import ColorRange, Colorspace
 from PIL import Image
 
 from handlers.client.api import ApiError, ExplainClient, ServerUnreachable
 from handlers.client.drawing import FrameDrawer
 from handlers.client.original import placed_box
-from handlers.client.video import blank, plain, planes_of, reduction, sent_picture, sent_size
+from handlers.client.video import blank, plain, planes_of, reduction, sent_picture, sent_size, yuv420p
 from handlers.inspection import scenes
 from handlers.render.original import overlay_on_original
 from handlers.testing.torchserve import free_port
@@ -92,6 +93,32 @@ def test_a_drawer_follows_a_new_box_and_new_frame_size():
         frame = decoded_frame(size, 3)
         expected = image_overlay_planes(frame, heatmap, box, 0.5)
         assert np.abs(drawn_planes(drawer, frame, heatmap, box)[0] - expected[0]).max() <= LUMA_TOLERANCE
+
+
+@pytest.mark.parametrize(
+    ("source", "conversion"),
+    [
+        ("yuvj420p", {"format": "yuvj420p"}),  # MJPEG: full range
+        ("yuv444p", {"format": "yuv444p"}),
+        ("BT.709", {"format": "yuv420p", "dst_colorspace": Colorspace.ITU709}),
+        ("full-range yuv420p", {"format": "yuv420p", "dst_color_range": ColorRange.JPEG}),
+    ],
+)
+def test_any_decoded_frame_becomes_the_encoders_yuv420p_with_its_colours(source, conversion):
+    """Frames drawn on and written are limited-range BT.601 yuv420p (the untagged output's meaning, as when frames
+    went through RGB): a full-range, 4:4:4 or BT.709 frame is converted, so its colours stay within a few levels
+    (two chroma subsamplings), where its values taken as they are would be off by up to 32."""
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = np.linspace(0, 255, 64)[None], np.linspace(30, 220, 48)[:, None], 140
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(**conversion)
+    copy = plain(yuv420p(frame))  # a fresh frame: untagged, as the encoder's are
+    shown = copy.to_ndarray(format="rgb24").astype(np.int16)
+    assert np.abs(shown - rgb).max() <= 10 and np.abs(shown - rgb).mean() <= 4, source
+
+
+def test_a_limited_range_bt601_yuv420p_frame_is_used_as_decoded():
+    frame = decoded_frame((64, 48), 1)
+    assert yuv420p(frame) is frame
 
 
 def test_frames_between_explained_ones_are_copied_whole():

@@ -41,7 +41,7 @@ from typing import Any, TextIO
 
 import av
 import numpy as np
-from av.video.reformatter import VideoReformatter
+from av.video.reformatter import ColorRange, Colorspace, VideoReformatter
 from PIL import Image
 
 from ..render.original import Box, peak
@@ -60,6 +60,7 @@ BETWEEN = ("hold", "plain")
 PEAK_DECIMALS = 1
 WINDOW_PER_REQUEST = 2  # frames decoded ahead per request in flight: the pool never waits for the decoder
 SEND_MARGIN = 2  # frames go out with at least this many pixels per model input pixel (the server decodes so too)
+BT601 = {2, 5, 6}  # FFmpeg's colour spaces (AVColorSpace) that are BT.601's matrix: unspecified, BT470BG, SMPTE170M
 READY_PER_REQUEST = 1  # frames encoded and waiting to be sent, per request in flight: an answer frees a send at once
 
 
@@ -163,8 +164,18 @@ def _even(size: tuple[int, int]) -> tuple[int, int]:
 
 
 def yuv420p(frame: av.VideoFrame) -> av.VideoFrame:
-    """A decoded frame as yuv420p (itself when it is one: no conversion for the usual H.264 input)."""
-    return frame if frame.format.name == "yuv420p" else frame.reformat(format="yuv420p")
+    """A decoded frame as the encoder and the drawer take it: yuv420p, limited range, BT.601 (the output's
+    untagged convention, as when frames went through RGB); itself when it is one (the usual H.264 input)."""
+    full = frame.color_range == ColorRange.JPEG or frame.format.name.startswith("yuvj")
+    if frame.format.name == "yuv420p" and not full and frame.colorspace in BT601:
+        return frame
+    return frame.reformat(
+        format="yuv420p",
+        src_color_range=ColorRange.JPEG if full else None,
+        dst_colorspace=Colorspace.ITU601,
+        dst_color_range=ColorRange.MPEG,
+        threads=1,
+    )
 
 
 def planes_of(frame: av.VideoFrame) -> Planes:
@@ -195,7 +206,8 @@ def plain(frame: av.VideoFrame) -> av.VideoFrame:
     return copy
 
 
-_converters = threading.local()  # each thread's own FFmpeg scaler: made once, not per frame (a third of the cost)
+_converters = threading.local()  # each thread's own FFmpeg scaler: made once, not per frame (a third of the cost);
+# on one thread (FFmpeg's own threads for a frame this size cost more CPU than they save)
 
 
 def sent_picture(frame: av.VideoFrame, factor: int) -> Image.Image:
@@ -204,7 +216,7 @@ def sent_picture(frame: av.VideoFrame, factor: int) -> Image.Image:
     if converter is None:
         converter = _converters.reformatter = VideoReformatter()
     width, height = sent_size((frame.width, frame.height), factor)
-    rgb = converter.reformat(frame, width, height, "rgb24", interpolation="AREA" if factor > 1 else None)
+    rgb = converter.reformat(frame, width, height, "rgb24", interpolation="AREA" if factor > 1 else None, threads=1)
     plane = rgb.planes[0]
     samples = np.frombuffer(memoryview(plane), dtype=np.uint8)  # no copy: the picture keeps the frame's buffer
     return Image.frombuffer("RGB", (width, height), samples, "raw", "RGB", plane.line_size, 1)
