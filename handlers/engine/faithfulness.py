@@ -109,20 +109,22 @@ def _scaled(maps: torch.Tensor, size: tuple[int, int], for_ranks: bool) -> torch
     if tuple(scaled.shape[-2:]) != size and for_ranks:
         scaled = F.interpolate(scaled[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
     elif tuple(scaled.shape[-2:]) != size:
-        rows = _bilinear(int(scaled.shape[-2]), size[0], scaled.device)
-        columns = _bilinear(int(scaled.shape[-1]), size[1], scaled.device)
-        scaled = rows @ scaled @ columns.T
+        scaled = _resampled(scaled, size)
     peak = scaled.amax(dim=(1, 2), keepdim=True).clamp_min_(torch.finfo(torch.float32).tiny)
     return scaled.div_(peak)  # an all-zero map divided by the smallest float stays all zero
 
 
+def _resampled(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """M x h x w maps bilinear to ``size`` as ``W_h @ map @ W_w.T``: F.interpolate's weights, in two small products."""
+    rows = _bilinear(int(maps.shape[-2]), size[0], maps.device)
+    columns = _bilinear(int(maps.shape[-1]), size[1], maps.device)
+    return rows @ maps @ columns.T
+
+
 @functools.lru_cache(maxsize=16)
 def _bilinear(size_in: int, size_out: int, device: torch.device) -> torch.Tensor:
-    """``size_out`` x ``size_in`` weights of F.interpolate's 1-D bilinear resampling (align_corners=False).
-
-    Each output is its two nearest inputs' blend, edges repeated: a map upsampled is ``W_h @ map @ W_w.T``,
-    two small matrix products.
-    """
+    """``size_out`` x ``size_in`` weights of F.interpolate's 1-D bilinear resampling (align_corners=False):
+    each output is its two nearest inputs' blend, edges repeated."""
     source = ((torch.arange(size_out, dtype=torch.float32) + 0.5) * (size_in / size_out) - 0.5).clamp_min(0)
     low = source.long().clamp_max(size_in - 1)
     high = (low + 1).clamp_max(size_in - 1)
