@@ -34,7 +34,10 @@ class LinearHead:
         formulas work on it without a full-size gradient.
         """
         area = activations.shape[2] * activations.shape[3]
-        return (self.weight[targets].to(activations.dtype) / area)[:, :, None, None]
+        weight = self.weight.index_select(0, targets)
+        if weight.dtype != activations.dtype:
+            weight = weight.to(activations.dtype)
+        return (weight / area).view(*weight.shape, 1, 1)
 
 
 def _head(model: nn.Module, layer: nn.Module, example: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:

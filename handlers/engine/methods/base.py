@@ -109,7 +109,8 @@ class TargetSlots:
                 targets.append(target)
                 depth_of.append(depth)
         one_per_row = rows == list(range(len(targets_per_row)))
-        return cls(_long(rows, device), _long(targets, device), tuple(depth_of), one_per_row)
+        pairs = torch.tensor((rows, targets), dtype=torch.long, device=device)  # one copy to the device, not two
+        return cls(pairs[0], pairs[1], tuple(depth_of), one_per_row)
 
     @classmethod
     def per_row(cls, targets: torch.Tensor) -> TargetSlots:
@@ -135,7 +136,7 @@ class TargetSlots:
         gradient without indexing and summing nodes to record and back-propagate."""
         seed = torch.zeros_like(logits)
         if self.one_per_row:  # one depth holding every row, in order
-            return seed.scatter_(1, self.targets[:, None], 1.0)
+            return seed.scatter_(1, self.targets.unsqueeze(1), 1.0)
         seed[self.rows[positions], self.targets[positions]] = 1.0
         return seed
 

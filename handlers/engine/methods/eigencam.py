@@ -11,6 +11,12 @@ _POWER_ROUNDS = 4  # checks before the images not yet converged fall back to a f
 _POWER_TOLERANCE = 1e-6  # bound on the sine of the angle to the exact eigenvector
 
 
+def _times(vectors: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
+    """v_n^T M_n per image (N x C): a (1 x C) @ (C x C) product each, which ``bmm`` runs 3x faster than
+    M_n v_n; the same for the symmetric matrices here."""
+    return torch.matmul(vectors.unsqueeze(1), matrices).squeeze(1)
+
+
 def _top_eigenvectors(gram: torch.Tensor) -> torch.Tensor:
     """Unit eigenvectors of the largest eigenvalue of N positive semi-definite C x C matrices: N x C.
 
@@ -27,18 +33,18 @@ def _top_eigenvectors(gram: torch.Tensor) -> torch.Tensor:
     power = power @ power
     exact = gram.double()
     frobenius = exact.square().sum(dim=(1, 2))
-    vector = power.sum(dim=2)
+    vector = power.sum(dim=1)
     done = torch.zeros(len(gram), dtype=torch.bool, device=gram.device)
     for _ in range(_POWER_ROUNDS):
         for _ in range(_POWER_STEPS):
-            vector = (power * vector[:, None, :]).sum(dim=2)  # a batched matrix-vector product, not bmm's
+            vector = _times(vector, power)
             vector = vector / torch.linalg.vector_norm(vector, dim=1, keepdim=True)
-        polished = (exact * vector.double()[:, None, :]).sum(dim=2)
+        polished = _times(vector.double(), exact)
         polished = polished / torch.linalg.vector_norm(polished, dim=1, keepdim=True)
-        image = (exact * polished[:, None, :]).sum(dim=2)
+        image = _times(polished, exact)
         rayleigh = (image * polished).sum(dim=1)
-        residual = torch.linalg.vector_norm(image - rayleigh[:, None] * polished, dim=1)
-        others = (frobenius - rayleigh.square()).clamp_min(0).sqrt()
+        residual = torch.linalg.vector_norm(torch.addcmul(image, rayleigh[:, None], polished, value=-1), dim=1)
+        others = torch.addcmul(frobenius, rayleigh, rayleigh, value=-1).clamp_min_(0).sqrt_()
         done = residual <= _POWER_TOLERANCE * (rayleigh - others)  # False where NaN (a zero map)
         if bool(done.all()):
             return polished.to(gram.dtype)
@@ -46,6 +52,16 @@ def _top_eigenvectors(gram: torch.Tensor) -> torch.Tensor:
     result = polished.to(gram.dtype)
     result[~done] = torch.linalg.eigh(gram[~done])[1][:, :, -1]
     return result
+
+
+def _gram(rows: torch.Tensor) -> torch.Tensor:
+    """X X^T of each N x C x P matrix, from two products over its row halves (the left columns and the
+    lower right block) and the upper right block by transposition: 3/4 of a full product's work,
+    and exactly symmetric."""
+    half = rows.shape[1] // 2
+    left = rows @ rows[:, :half].transpose(1, 2)  # C x half
+    lower = rows[:, half:] @ rows[:, half:].transpose(1, 2)  # (C - half) x (C - half)
+    return torch.cat([left, torch.cat([left[:, half:].transpose(1, 2), lower], dim=1)], dim=2)
 
 
 def principal_projection(activations: torch.Tensor) -> torch.Tensor:
@@ -56,19 +72,24 @@ def principal_projection(activations: torch.Tensor) -> torch.Tensor:
     a full SVD: X v1 = s1 u1, so either side gives the projection. With fewer channels than
     positions (the usual case) the eigenvector comes from ``_top_eigenvectors``, 5x faster than
     ``eigh`` on 64 x 64 matrices. The sign of a singular vector is arbitrary, so the projection
-    is oriented to correlate positively with the mean activation: the map shows the active parts.
+    is oriented to correlate positively with the mean activation over channels: the map shows
+    the active parts. Both are centred over positions, so that correlation is the projection's
+    dot product with the centred map's channel sum, which on the channel side is v . G 1 (the
+    Gram matrix's row sums): no pass over the map.
     """
     n, c, h, w = activations.shape
     flat = activations.detach().float().reshape(n, c, h * w)  # N x C x hw
-    centred = flat - flat.mean(dim=2, keepdim=True)
+    centred = flat - flat.mean(dim=2, keepdim=True)  # the Gram matrix of X minus a rank-1 term would
+    # skip this pass, but cancels: 3e-5 from float64 on maps with a strong mean (tests), 1e-5 allowed
     if c <= h * w:
-        vectors = _top_eigenvectors(centred @ centred.transpose(1, 2))  # C x C
-        projection = (vectors[:, None, :] @ centred).squeeze(1)  # N x hw
+        gram = _gram(centred)  # C x C
+        vectors = _top_eigenvectors(gram)
+        projection = _times(vectors, centred)  # N x hw
+        agreement = (vectors * gram.sum(dim=2)).sum(dim=1)
     else:
         values, vectors = torch.linalg.eigh(centred.transpose(1, 2) @ centred)  # hw x hw, ascending
         projection = vectors[:, :, -1] * values[:, -1:].clamp_min(0).sqrt()
-    mean_map = flat.mean(dim=1)
-    agreement = ((projection - projection.mean(1, keepdim=True)) * (mean_map - mean_map.mean(1, keepdim=True))).sum(1)
+        agreement = (projection * centred.sum(dim=1)).sum(dim=1)
     sign = torch.where(agreement < 0, -1.0, 1.0).to(projection.dtype)
     return (projection * sign[:, None]).reshape(n, h, w)
 
