@@ -124,16 +124,18 @@ def _resampled(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 @functools.lru_cache(maxsize=16)
 def _bilinear(size_in: int, size_out: int, device: torch.device) -> torch.Tensor:
     """``size_out`` x ``size_in`` weights of F.interpolate's 1-D bilinear resampling (align_corners=False):
-    each output is its two nearest inputs' blend, edges repeated."""
-    source = ((torch.arange(size_out, dtype=torch.float32) + 0.5) * (size_in / size_out) - 0.5).clamp_min(0)
-    low = source.long().clamp_max(size_in - 1)
-    high = (low + 1).clamp_max(size_in - 1)
-    share = (source - low).clamp(0, 1)  # of the higher neighbour
-    outputs = torch.arange(size_out)
-    weights = torch.zeros(size_out, size_in)
-    weights.index_put_((outputs, low), 1 - share, accumulate=True)
-    weights.index_put_((outputs, high), share, accumulate=True)  # at the edge both are the same input
-    return weights.to(device)
+    each output is its two nearest inputs' blend, edges repeated. A normal tensor even when first asked
+    for in inference mode, so that a later call may record autograd through it."""
+    with torch.inference_mode(False):
+        source = ((torch.arange(size_out, dtype=torch.float32) + 0.5) * (size_in / size_out) - 0.5).clamp_min(0)
+        low = source.long().clamp_max(size_in - 1)
+        high = (low + 1).clamp_max(size_in - 1)
+        share = (source - low).clamp(0, 1)  # of the higher neighbour
+        outputs = torch.arange(size_out)
+        weights = torch.zeros(size_out, size_in)
+        weights.index_put_((outputs, low), 1 - share, accumulate=True)
+        weights.index_put_((outputs, high), share, accumulate=True)  # at the edge both are the same input
+        return weights.to(device)
 
 
 def _ranks(masks: torch.Tensor) -> torch.Tensor:
