@@ -268,6 +268,13 @@ def test_masks_are_f_interpolates_bilinear_and_the_curves_ranks_its_very_values(
     assert torch.equal(uniform, torch.ones_like(uniform))  # the explanation image of a uniform map is the image
 
 
+def test_masks_first_made_in_inference_mode_still_take_maps_that_require_grad():
+    with torch.inference_mode():
+        explanation_masks([torch.rand(5, 6)], (30, 31))
+    masks = explanation_masks([torch.rand(5, 6, requires_grad=True)], (30, 31))
+    assert masks.requires_grad and masks.shape == (1, 30, 31)
+
+
 def test_works_on_any_batch_and_resolution_of_a_torchvision_model(explainer_for):
     explainer = explainer_for("resnet18", 64)
     images = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
