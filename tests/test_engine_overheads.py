@@ -7,7 +7,8 @@ from torch import nn
 
 from handlers.engine import Explainer, Job
 from handlers.engine.capture import written_in_place
-from handlers.engine.methods.eigencam import _top_eigenvectors, principal_projection
+from handlers.engine.methods.eigencam import _gram, _top_eigenvectors, principal_projection
+from handlers.engine.methods.gradient_cams import GradCamPlusPlus, XGradCam, per_channel
 
 
 def _projection_by_eigh(activations: torch.Tensor) -> torch.Tensor:
@@ -93,3 +94,49 @@ def test_input_gradients_leave_the_callers_batch_as_it_was():
             (result, _) = explainer.explain(images, [Job(method)] * 2)
             assert result.explanations[0].values.shape == (8, 8)
         assert torch.equal(images, before) and not images.requires_grad
+
+
+def _plusplus_reference(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    """pytorch-grad-cam's Grad-CAM++ weights (grad_cam_plusplus.py) cell by cell, in float64, then the map."""
+    a, g = activations.double(), gradients.double()
+    sums = a.sum(dim=(2, 3), keepdim=True)
+    alpha = g.square() / (2 * g.square() + sums * g.pow(3) + 1e-6)
+    alpha = torch.where(g != 0, alpha, 0.0)
+    weights = (torch.relu(g) * alpha).sum(dim=(2, 3))
+    return torch.relu((weights[:, :, None, None] * a).sum(dim=1))
+
+
+def test_gradients_equal_at_every_cell_reduce_to_one_per_channel_and_others_stay():
+    generator = torch.Generator().manual_seed(0)
+    per_cell = torch.randn((3, 5, 1, 1), generator=generator).expand(3, 5, 4, 6).contiguous()
+    reduced = per_channel(per_cell)
+    assert reduced.shape == (3, 5, 1, 1) and torch.equal(reduced.expand_as(per_cell), per_cell)
+    one_cell_off = per_cell.clone()
+    one_cell_off[2, 4, 3, 5] += 1e-6
+    assert per_channel(one_cell_off) is one_cell_off
+    with_nan = per_cell.clone()
+    with_nan[0, 0] = float("nan")
+    assert per_channel(with_nan) is with_nan
+
+
+def test_gradcam_plusplus_and_xgradcam_agree_on_a_gradient_equal_at_every_cell_and_on_its_cells():
+    generator = torch.Generator().manual_seed(0)
+    activations = torch.relu(torch.randn((4, 16, 7, 7), generator=generator))
+    per_cell = (torch.randn((4, 16, 1, 1), generator=generator) * 1e-2).expand(4, 16, 7, 7).contiguous()
+    varying = per_cell + 1e-3 * torch.randn((4, 16, 7, 7), generator=generator)
+    for gradients in (per_cell, varying):
+        ours = torch.relu(GradCamPlusPlus().combine(activations, gradients))
+        reference = _plusplus_reference(activations, gradients)
+        assert _normalised_difference(ours, reference) <= 1e-5
+    cellwise = torch.relu(XGradCam().combine(activations, per_cell))
+    pooled = torch.relu(XGradCam().combine(activations, per_cell[:, :, :1, :1]))
+    assert _normalised_difference(cellwise, pooled.double()) <= 1e-5
+
+
+def test_gram_from_row_halves_is_the_full_product():
+    generator = torch.Generator().manual_seed(0)
+    for channels in (1, 2, 7, 64):
+        rows = torch.randn((3, channels, 50), generator=generator)
+        gram = _gram(rows)
+        assert gram.shape == (3, channels, channels)
+        assert torch.allclose(gram, rows @ rows.transpose(1, 2), rtol=1e-5, atol=1e-4)
