@@ -4,8 +4,9 @@ Blending is linear, so jet x alpha + frame x (1 - alpha) in Y, U and V is the RG
 (BT.601, limited range: what FFmpeg converts RGB to for the encoder), up to rounding and chroma
 subsampling; so are the unseen part's darkening and hatching and the white outline. Drawing on the
 decoded planes skips a full-size YUV -> RGB conversion after decoding and RGB -> YUV before encoding.
-A chroma sample (one per 2 x 2 pixels) takes the map at its centre and each mask (hatch, box,
-outline) by the share of its four pixels that the mask covers.
+A chroma sample (one per 2 x 2 pixels) takes the map and each mask (hatch, box, outline) averaged
+over the pixels FFmpeg's conversion weighs into it (1-3-3-1 down, 1-1 across); jet's colour of the
+averaged map differs from the average of jet's colours only where the map is steep at that scale.
 
 A video's frames share their size and, frame after frame, the box the model saw, so everything that
 depends only on those (the bicubic weights, the masks) is worked out once; each frame costs two
