@@ -16,7 +16,7 @@ from av.video.reformatter import ColorRange, Colorspace
 from PIL import Image
 
 from handlers.client.api import ApiError, ExplainClient, ServerUnreachable
-from handlers.client.drawing import FrameDrawer
+from handlers.client.drawing import FrameDrawer, Layer, layout
 from handlers.client.original import placed_box
 from handlers.client.video import blank, plain, planes_of, reduction, sent_picture, sent_size, yuv420p
 from handlers.inspection import scenes
@@ -82,6 +82,22 @@ def test_frames_are_drawn_as_the_image_overlay_converted_for_the_encoder(size, c
         if chroma_cells >= 6:
             for plane, reference in zip(drawn[1:], expected[1:], strict=True):
                 assert np.abs(plane - reference).max() <= CHROMA_TOLERANCE, box
+
+
+@pytest.mark.parametrize("cells", [(16, 16), (7, 7), (14, 10), (3, 5)])
+def test_the_map_taken_band_by_band_is_the_whole_product(cells):
+    """Large planes take the second product over the 4 map columns each column reads: the same levels as the
+    whole product (float32 sums in another order: at most one step apart)."""
+    rng = np.random.default_rng(sum(cells))
+    for box in boxes(1280, 720):
+        placed = layout((1280, 720), (1280, 720), box, cells).luma
+        if placed.area[2] <= placed.area[0]:
+            continue
+        assert placed.bands or cells[1] <= 4
+        whole = Layer(placed.area, placed.down, placed.across)
+        heatmap = rng.random(cells).astype(np.float32)
+        levels = placed.levels(heatmap).astype(np.int32)
+        assert np.abs(levels - whole.levels(heatmap)).max() <= 1, box
 
 
 def test_a_drawer_follows_a_new_box_and_new_frame_size():

@@ -35,6 +35,7 @@ from ..render.original import (
     placement,
 )
 
+BANDS_FROM = 100_000  # samples of a plane from which the product band by band is cheaper (fewer calls below)
 Planes = tuple[np.ndarray, np.ndarray, np.ndarray]  # Y (height x width), U and V (half each way), uint8
 
 # RGB -> Y'CbCr, BT.601 limited range (FFmpeg's default for yuv420p): offsets and rows per 255 of R, G, B
@@ -141,7 +142,8 @@ class Layer:
 
 def _layer(area: tuple[int, int, int, int], down: np.ndarray, across: np.ndarray) -> Layer:
     across = np.ascontiguousarray(across, dtype=np.float32)
-    return Layer(area, np.ascontiguousarray(down, dtype=np.float32), across, _bands(across))
+    bands = _bands(across) if down.shape[0] * across.shape[1] >= BANDS_FROM else []
+    return Layer(area, np.ascontiguousarray(down, dtype=np.float32), across, bands)
 
 
 @dataclass(frozen=True)
