@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from handlers.engine import Explainer, Job
-from handlers.engine.capture import written_in_place
+from handlers.engine.capture import capture_activation, replace_activation, written_in_place
 from handlers.engine.methods.eigencam import _gram, _top_eigenvectors, principal_projection
 from handlers.engine.methods.gradient_cams import GradCamPlusPlus, XGradCam, per_channel
 
@@ -140,3 +140,58 @@ def test_gram_from_row_halves_is_the_full_product():
         gram = _gram(rows)
         assert gram.shape == (3, channels, channels)
         assert torch.allclose(gram, rows @ rows.transpose(1, 2), rtol=1e-5, atol=1e-4)
+
+
+class _Heads(nn.Module):
+    """A conv layer and one of several heads on it: a global mean alone, the mean and a second use
+    of the same map, or a mean over channels (not a pool)."""
+
+    def __init__(self, head: str) -> None:
+        super().__init__()
+        self.layer = nn.Conv2d(3, 6, 3, padding=1)
+        self.fc = nn.Linear(6, 4)
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.layer(x)
+        if self.head == "pool":
+            return self.fc(a.mean(dim=(2, 3)))
+        if self.head == "pool and max":
+            return self.fc(a.mean(dim=(2, 3)) + a.amax(dim=(2, 3)))
+        return self.fc(a.mean(dim=1).flatten(1)[:, :6])
+
+
+def _layer_gradient(model: nn.Module, images: torch.Tensor, target: int) -> torch.Tensor:
+    with torch.enable_grad(), capture_activation(model.layer, detach_prefix=True) as capture:
+        logits = model(images)
+        seed = torch.zeros_like(logits)
+        seed[:, target] = 1.0
+        return capture.gradient(logits, seed, retain_graph=False)
+
+
+def test_a_global_pool_head_gives_the_per_channel_gradient_bit_for_bit_and_other_heads_the_full_one():
+    torch.manual_seed(0)
+    images = torch.rand(3, 3, 5, 7)
+    for head in ("pool", "pool and max", "mean over channels"):
+        model = _Heads(head).eval().requires_grad_(False)
+        activation = model.layer(images).detach().requires_grad_(True)
+        gradient = _layer_gradient(model, images, target=2)
+        with torch.enable_grad(), replace_activation(model.layer, activation):
+            (full,) = torch.autograd.grad(model(images)[:, 2].sum(), activation)
+        if head == "pool":
+            assert gradient.shape == (3, 6, 1, 1)
+            assert torch.equal(gradient.expand_as(full), full)
+        else:
+            assert gradient.shape == full.shape and torch.equal(gradient, full)
+
+
+def test_autograd_maps_equal_the_pool_plus_linear_maps_bit_for_bit():
+    torch.manual_seed(0)
+    model = _Heads("pool").eval()
+    images = torch.rand(4, 3, 8, 8)
+    shortcut, autograd = Explainer(model, (8, 8), "layer"), Explainer(model, (8, 8), "layer", cam_fast_path=False)
+    assert shortcut.uses_cam_fast_path and not autograd.uses_cam_fast_path
+    for method in ("gradcam", "hirescam", "gradcam_plusplus", "xgradcam", "layercam"):
+        jobs = [Job(method, (i % 4,)) for i in range(4)]
+        for a, b in zip(shortcut.explain(images, jobs), autograd.explain(images, jobs), strict=True):
+            assert torch.equal(a.explanations[0].values, b.explanations[0].values), method
