@@ -161,7 +161,7 @@ class _Heads(nn.Module):
         return self.fc(a.mean(dim=1).flatten(1)[:, :6])
 
 
-def _layer_gradient(model: nn.Module, images: torch.Tensor, target: int) -> torch.Tensor:
+def _layer_gradient(model: _Heads, images: torch.Tensor, target: int) -> torch.Tensor:
     with torch.enable_grad(), capture_activation(model.layer, detach_prefix=True) as capture:
         logits = model(images)
         seed = torch.zeros_like(logits)

@@ -78,21 +78,20 @@ def _global_pool(outputs: torch.Tensor, activation: torch.Tensor) -> Node | None
     """The autograd node of a mean over the last two dims of the N x C x H x W ``activation`` when
     that mean is its only use in the graph of ``outputs``, directly or through the capture's clone
     (a global-average-pool head); else None."""
-    nodes: set[Node] = set()
+    uses: dict[tuple[Node, int], list[Node]] = {}  # (node, its output) -> the nodes taking that output
+    seen: set[Node] = set()
     stack = [outputs.grad_fn]
     while stack:
         node = stack.pop()
-        if node is None or node in nodes:
+        if node is None or node in seen:
             continue
-        nodes.add(node)
-        if len(nodes) > _HEAD_NODES:
+        seen.add(node)
+        if len(seen) > _HEAD_NODES:
             return None
-        stack.extend(child for child, _ in node.next_functions)
-    uses: dict[tuple[Node, int], list[Node]] = {}  # (node, its output) -> the nodes taking that output
-    for node in nodes:
         for child, output in node.next_functions:
             if child is not None:
                 uses.setdefault((child, output), []).append(node)
+                stack.append(child)
     edge = get_gradient_edge(activation)
     used = uses.get((edge.node, edge.output_nr), [])
     while len(used) == 1 and used[0].name() == "CloneBackward0":  # down the chain of single uses, past clones
