@@ -206,6 +206,45 @@ def test_large_frames_go_shrunk_and_the_maps_stay_on_the_frames_pixels(server, t
     assert labelled >= TRACKING_TARGET * len(defect) and tracked >= TRACKING_TARGET * len(defect), (labelled, tracked)
 
 
+def write_mjpeg(images: list[np.ndarray], path: Path, fps: int) -> None:
+    """RGB frames as full-range 4:4:4 Motion JPEG (yuvj444p: a camera's format, not H.264's limited-range 4:2:0)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mjpeg", rate=Fraction(fps))
+        height, width = images[0].shape[:2]
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuvj444p"
+        stream.options = {"q:v": "2"}
+        for index, image in enumerate(images):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
+def test_an_odd_sized_full_range_mjpeg_video_keeps_its_frames_colours_and_defects(server, tmp_path):
+    """Odd sides, full-range 4:4:4 MJPEG: every frame is written (an odd last row and column left off), the plain
+    frames keep their colours, and the explained ones find the defect as the H.264 video's do."""
+    size, count = (255, 191), 24
+    frames = scenes.footage(SEED, size, count)
+    video = tmp_path / "camera.avi"
+    write_mjpeg([frame.image for frame in frames], video, FPS)
+    out = tmp_path / "camera.explained.mp4"
+    server_args = ["--url", server.url(), "--management-url", server.url("management")]
+    assert run_cli(str(video), "--out", str(out), "--fps", "5", "--between", "plain", *server_args) == 0
+    written, rate = decoded(out)
+    assert len(written) == count and rate == FPS
+    assert all(frame.shape == (size[1] - 1, size[0] - 1, 3) for frame in written)
+    source, _ = decoded(video)
+    plain_frames = [i for i in range(count) if i % 2]
+    drift = [np.abs(written[i].astype(float) - source[i][:-1, :-1]).mean() for i in plain_frames]
+    assert max(drift) < 3, drift  # read as limited range, these colours would be off by up to 32 levels
+    lines = records(out.with_suffix(".jsonl"))
+    assert [line["frame"] for line in lines] == list(range(0, count, 2))
+    defect = [(line, frames[line["frame"]]) for line in lines if frames[line["frame"]].kind != "ok"]
+    labelled = sum(line["label"] == frame.kind for line, frame in defect)
+    tracked = sum(scenes.within_a_cell(frame.mask, (0, 0, *size), GRID, line["peak"]) for line, frame in defect)
+    assert labelled >= TRACKING_TARGET * len(defect) and tracked >= TRACKING_TARGET * len(defect), (labelled, tracked)
+
+
 def test_ctrl_c_leaves_a_playable_partial_video(server, tmp_path):
     """SIGINT in the middle: exit 130, and the frames written so far decode."""
     frames = scenes.footage(SEED, SIZE, 600)
