@@ -1,7 +1,8 @@
 """Explain a video frame by frame: decode (PyAV), send frames concurrently, write the overlay video and JSON lines.
 
 Frames are decoded in order and the ones to explain (every frame, or ``fps`` of them a second)
-are sent ``concurrency`` at a time, so TorchServe batches them; as many more wait encoded, so an
+are sent ``concurrency`` at a time (by default two of TorchServe's batches, so the server has the next
+batch queued while it runs one), so TorchServe batches them; as many more wait encoded, so an
 answer lets the next frame go at once (the server's next batch fills without waiting for the
 client). A frame with at least twice the pixels per model input pixel that the server decodes
 at (the first answer's geometry tells) is sent shrunk by a whole factor, as the server would
@@ -73,7 +74,7 @@ class VideoSettings:
     fps: float | None = None  # explain at most this many frames a second (None: every frame)
     between: str = "hold"  # frames not explained: "hold" the last map, or "plain"
     frame_format: str = "jpeg"
-    concurrency: int = 8
+    concurrency: int = 16  # two batches of the default MAR's 8: one queued while the other runs
     codec: str = CODEC
     model_input: tuple[int, int] | None = None  # (height, width) from the model's description: large frames go shrunk
 

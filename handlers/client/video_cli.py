@@ -82,7 +82,12 @@ def parser() -> argparse.ArgumentParser:
         help="how frames are sent: jpeg (quality 95; small, and the server decodes large frames at a reduced scale) "
         "or png (lossless); default %(default)s",
     )
-    cli.add_argument("--concurrency", type=positive, default=8, help="frames in flight at once (default %(default)s)")
+    cli.add_argument(
+        "--concurrency",
+        type=positive,
+        default=VideoSettings.concurrency,
+        help="frames in flight at once (default %(default)s: two batches of 8, one queued while the other runs)",
+    )
     cli.add_argument("--codec", default=CODEC, help="FFmpeg encoder of the output (default %(default)s)")
     cli.add_argument(
         "--progress",
