@@ -7,16 +7,16 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
 
 from handlers.client import cli
+from handlers.testing.local_http import serving
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "handlers" / "inspection" / "samples" / "ok.png"
@@ -45,12 +45,8 @@ class _Refusing(BaseHTTPRequestHandler):
 def refusing_server() -> Iterator[str]:
     """The address of a local server that answers 400 with a message."""
     _Refusing.paths = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(_Refusing) as url:
+        yield url
 
 
 def closed_port() -> int:

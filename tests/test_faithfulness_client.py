@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import ClassVar
 
@@ -16,6 +15,7 @@ from handlers.client import cli
 from handlers.client.pipeline import Request
 from handlers.serving.handler import GradCamHandler
 from handlers.testing.fakes import load_context, run_batch, unpack_mar
+from handlers.testing.local_http import serving
 
 SAMPLE = Path(__file__).resolve().parents[1] / "handlers" / "inspection" / "samples" / "scratch.png"
 
@@ -57,12 +57,8 @@ def handlers_answer(tmp_path_factory) -> bytes:
 @pytest.fixture
 def server(handlers_answer) -> Iterator[str]:
     _Answering.answer, _Answering.bodies = handlers_answer, []
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Answering)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(_Answering) as url:
+        yield url
 
 
 def test_the_option_is_sent_and_each_maps_score_shown(server, tmp_path, capsys):

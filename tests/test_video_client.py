@@ -4,9 +4,8 @@ frames sent converted (and shrunk) in one FFmpeg pass, raw frames on kept-alive 
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import ClassVar
 
 import av
@@ -21,6 +20,7 @@ from handlers.client.original import placed_box
 from handlers.client.video import blank, plain, planes_of, reduction, sent_picture, sent_size, yuv420p
 from handlers.inspection import scenes
 from handlers.render.original import overlay_on_original
+from handlers.testing.local_http import serving
 from handlers.testing.torchserve import free_port
 
 SIZES = [(256, 192), (640, 480), (31, 57)]
@@ -182,14 +182,8 @@ class _Frames(BaseHTTPRequestHandler):
 @pytest.fixture
 def frames_server() -> Iterator[str]:
     _Frames.ports, _Frames.headers_seen = [], []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Frames)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(_Frames) as url:
+        yield url
 
 
 def test_raw_frames_share_one_kept_alive_connection_per_thread(frames_server):

@@ -11,9 +11,8 @@ import base64
 import functools
 import io
 import json
-import threading
 from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from PIL import Image, ImageOps
 from handlers.engine.methods import METHODS
 from handlers.inspection import INPUT_SIZE, scenes, synthetic
 from handlers.render.original import overlay_on_original
+from handlers.testing.local_http import serving
 from handlers.testing.torchserve import TorchServe, free_port
 
 pytestmark = pytest.mark.integration
@@ -59,13 +59,8 @@ class QuietHandler(SimpleHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def viewer_origin() -> Iterator[str]:
     """``http://127.0.0.1:PORT`` serving handlers/viewer, as ``make viewer`` does on port 8090."""
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(VIEWER_DIR)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(10)
+    with serving(functools.partial(QuietHandler, directory=str(VIEWER_DIR))) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
