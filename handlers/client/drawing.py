@@ -89,7 +89,9 @@ def _share(mask: np.ndarray) -> np.ndarray:
 
 
 def _l_image(values: np.ndarray) -> Image.Image:
-    return Image.fromarray(np.ascontiguousarray(values, dtype=np.uint8), mode="L")
+    """Values (0..255) as an "L" picture over their buffer (no copy when they are contiguous uint8: a plane)."""
+    values = np.ascontiguousarray(values, dtype=np.uint8)
+    return Image.frombuffer("L", (values.shape[1], values.shape[0]), values, "raw", "L", 0, 1)
 
 
 def _bands(across: np.ndarray) -> list[tuple[int, int, int, np.ndarray]]:
@@ -210,12 +212,6 @@ def layout(frame: tuple[int, int], size: tuple[int, int], box: Box, cells: tuple
     return Layout(luma, chroma, unseen)
 
 
-def _image(plane: np.ndarray) -> Image.Image:
-    """A plane as an "L" picture (no copy when its rows are contiguous)."""
-    plane = np.ascontiguousarray(plane)
-    return Image.frombuffer("L", (plane.shape[1], plane.shape[0]), plane, "raw", "L", 0, 1)
-
-
 class FrameDrawer:
     """``overlay_on_original(picture, heatmap, box, alpha)`` drawn on yuv420p planes; safe to share between threads."""
 
@@ -250,7 +246,7 @@ class FrameDrawer:
             luma = index == 0
             layer = placed.luma if luma else placed.chroma
             levels = luma_levels if luma else chroma_levels
-            picture = _image(plane)
+            picture = _l_image(plane)
             blended: Image.Image | None = None
             if levels is not None:
                 colours = _l_image(np.take((JET_Y, JET_U, JET_V)[index], levels))
