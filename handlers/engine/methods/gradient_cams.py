@@ -44,6 +44,11 @@ def per_channel(gradients: torch.Tensor) -> torch.Tensor:
     return largest.view(*largest.shape, 1, 1) if torch.equal(largest, cells.amin(dim=2)) else gradients
 
 
+def _cell_means(values: torch.Tensor) -> torch.Tensor:
+    """M x C x h x w values averaged over the cells: M x C (a 1 x 1 map is its own mean: a view, no reduction)."""
+    return values.flatten(1) if values.shape[2:] == (1, 1) else values.mean(dim=(2, 3))
+
+
 def _cellwise(gradients: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
     """sum_k G[m, k] * A[m, k] per cell; a gradient that is the same at every cell (1 x 1) is a weight."""
     if gradients.shape[2:] == (1, 1):
@@ -102,8 +107,7 @@ class GradCam(GradientCam):
     summary = "Grad-CAM: where the target layer's channels that raise the class score are active"
 
     def combine(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
-        one_cell = gradients.shape[2:] == (1, 1)  # its mean is itself
-        return weighted_sum(gradients.flatten(1) if one_cell else gradients.mean(dim=(2, 3)), activations)
+        return weighted_sum(_cell_means(gradients), activations)
 
 
 class Cam(GradCam):
@@ -151,8 +155,7 @@ class GradCamPlusPlus(GradientCam):
         denominator = (2 * squared).addcmul_(sums * squared, gradients).add_(_EPS_PLUSPLUS)
         alpha = squared.div_(denominator).mul_(torch.relu(gradients))
         area = activations.shape[2] * activations.shape[3]  # a sum over cells, also of a 1 x 1 gradient
-        mean = alpha.flatten(1) if alpha.shape[2:] == (1, 1) else alpha.mean(dim=(2, 3))
-        return weighted_sum(mean * area, activations)
+        return weighted_sum(_cell_means(alpha) * area, activations)
 
 
 class XGradCam(GradientCam):
