@@ -9,20 +9,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
 
 from handlers.client import cli
-from handlers.testing.local_http import serving
+from handlers.testing.local_http import JsonHandler, serving
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "handlers" / "inspection" / "samples" / "ok.png"
 
 
-class _Refusing(BaseHTTPRequestHandler):
+class _Refusing(JsonHandler):
     """Answers every POST with a 400 in our handler's error format, and records the path."""
 
     paths: ClassVar[list[str]] = []
@@ -31,14 +30,7 @@ class _Refusing(BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers["Content-Length"]))
         type(self).paths.append(self.path)
         body = json.dumps({"error": "option 'target': 'zebra' is not a class label"}).encode()
-        self.send_response(400)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *_args) -> None:
-        """Quiet: the test reads the client's stderr."""
+        self.send_json(400, body)
 
 
 @pytest.fixture

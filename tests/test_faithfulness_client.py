@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import ClassVar
 
@@ -15,12 +14,12 @@ from handlers.client import cli
 from handlers.client.pipeline import Request
 from handlers.serving.handler import GradCamHandler
 from handlers.testing.fakes import load_context, run_batch, unpack_mar
-from handlers.testing.local_http import serving
+from handlers.testing.local_http import JsonHandler, serving
 
 SAMPLE = Path(__file__).resolve().parents[1] / "handlers" / "inspection" / "samples" / "scratch.png"
 
 
-class _Answering(BaseHTTPRequestHandler):
+class _Answering(JsonHandler):
     """Answers every POST with ``answer`` and records each request's body."""
 
     answer: ClassVar[bytes] = b"{}"
@@ -28,17 +27,10 @@ class _Answering(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         type(self).bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(self.answer)))
-        self.end_headers()
-        self.wfile.write(self.answer)
+        self.send_json(200, self.answer)
 
     def do_GET(self) -> None:  # no management API here: the client checks against the engine's registry
         self.send_error(404)
-
-    def log_message(self, *_args) -> None:
-        """Quiet."""
 
 
 @pytest.fixture(scope="module")

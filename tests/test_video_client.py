@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from typing import ClassVar
 
 import av
@@ -20,7 +19,7 @@ from handlers.client.original import placed_box
 from handlers.client.video import blank, plain, planes_of, reduction, sent_picture, sent_size, yuv420p
 from handlers.inspection import scenes
 from handlers.render.original import overlay_on_original
-from handlers.testing.local_http import serving
+from handlers.testing.local_http import JsonHandler, serving
 from handlers.testing.torchserve import free_port
 
 SIZES = [(256, 192), (640, 480), (31, 57)]
@@ -146,7 +145,7 @@ def test_frames_between_explained_ones_are_copied_whole():
         assert np.array_equal(written, source)
 
 
-class _Frames(BaseHTTPRequestHandler):
+class _Frames(JsonHandler):
     """Answers raw frames like our handler: an answer per frame, 400 for an empty one, text for b'text'.
 
     Records the client's connections (by port) and the option headers; b'close' answers and closes."""
@@ -160,23 +159,13 @@ class _Frames(BaseHTTPRequestHandler):
         type(self).ports.append(self.client_address[1])
         type(self).headers_seen.append({k: v for k, v in self.headers.items() if k.startswith("X-Explain")})
         if body == b"text":
-            self._send(200, b"not json")
+            self.send_json(200, b"not json")
         elif not body:
-            self._send(400, json.dumps({"error": "empty image: send an image"}).encode())
+            self.send_json(400, json.dumps({"error": "empty image: send an image"}).encode())
         else:
-            self._send(200, json.dumps({"predictions": [{"label": "ok", "size": len(body)}]}).encode())
+            self.send_json(200, json.dumps({"predictions": [{"label": "ok", "size": len(body)}]}).encode())
         if body == b"close":
             self.close_connection = True
-
-    def _send(self, status: int, content: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(content)))
-        self.end_headers()
-        self.wfile.write(content)
-
-    def log_message(self, *_args) -> None:
-        """Quiet."""
 
 
 @pytest.fixture

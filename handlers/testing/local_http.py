@@ -20,3 +20,18 @@ def serving(handler: Callable[..., BaseHTTPRequestHandler]) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """A request handler that answers JSON bytes and logs nothing (the tests read the client's output)."""
+
+    def send_json(self, status: int, content: bytes) -> None:
+        """Answer ``status`` with ``content`` as application/json."""
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(content)))
+        self.end_headers()
+        self.wfile.write(content)
+
+    def log_message(self, *_args: object) -> None:
+        """Quiet."""
