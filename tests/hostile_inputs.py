@@ -51,6 +51,12 @@ def png_bomb(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
 
 
+def gif_header(width: int, height: int) -> bytes:
+    """A GIF whose screen and one frame announce ``width`` x ``height``, with one byte of image data."""
+    size = struct.pack("<HH", width, height)
+    return b"GIF89a" + size + b"\x00\x00\x00" + b",\x00\x00\x00\x00" + size + b"\x00\x02\x02\x44\x01\x00;"
+
+
 def json_case(name: str, payload: object, status: int, error_hint: str = "") -> Case:
     """A case whose body is ``payload`` sent as application/json."""
     return Case(name, json.dumps(payload).encode(), status, {"Content-Type": "application/json"}, error_hint)
@@ -119,5 +125,8 @@ def corpus(max_image_pixels: int) -> list[Case]:
             "nested too deeply",
         ),
         Case("base64 text as the raw body (curl -T file.b64)", b64.encode() + b"\n", 200),
+        Case("JSON with a UTF-8 byte order mark", b"\xef\xbb\xbf" + json.dumps({"data": b64}).encode(), 200),
+        Case("data URL of raw bytes", b"data:image/png," + png[:64], 400, error_hint="neither an image file nor"),
+        Case("GIF header of 65535x65535", gif_header(65535, 65535), 413, error_hint="this model accepts at most"),
     ]
     return cases

@@ -46,6 +46,14 @@ def test_targets_by_label_index_list_and_comma_text():
     assert p.for_request({}, {"target": b"0"}).targets == (0,)  # multipart fields arrive as bytes
 
 
+def test_a_utf8_label_in_a_header_is_read_as_sent():
+    """HTTP servers hand header bytes over as latin-1: 'déf' sent as UTF-8 arrives as 'dÃ©f'."""
+    p = OptionParser(["ok", "défaut", "凹み"], list(METHODS), {}, max_targets=10)
+    as_received = {"x-explain-target": "défaut,凹み".encode().decode("latin-1")}
+    assert p.for_request(as_received, {}).targets == (1, 2)
+    assert p.for_request({"x-explain-target": "d\xe9faut"}, {}).targets == (1,)  # latin-1 that is not UTF-8: kept
+
+
 def test_explicit_target_replaces_a_default_top_k():
     options = parser(top_k_explanations=2).for_request({}, {"target": "dent"})
     assert options.targets == (2,) and options.top_k_explanations == 1

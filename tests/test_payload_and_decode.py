@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 
 import numpy as np
 import pytest
@@ -47,6 +48,14 @@ def test_json_body_decoded_by_torchserve_or_not():
         assert payload.image == data and payload.fields == {"method": "none"}
 
 
+def test_json_with_a_byte_order_mark():
+    data = png_bytes()
+    text = json.dumps({"data": base64.b64encode(data).decode(), "method": "none"})
+    for body in (bytearray(b"\xef\xbb\xbf" + text.encode()), "\ufeff" + text):
+        payload = extract_payload({"body": body})
+        assert payload.image == data and payload.fields == {"method": "none"}
+
+
 def test_multipart_fields():
     data = png_bytes()
     payload = extract_payload({"data": bytearray(data), "target": b"scratch"})
@@ -64,6 +73,9 @@ def test_multipart_fields():
         ({"body": [1, 2, 3]}, "must be an object with a 'data' field, not list"),
         ({"method": b"gradcam"}, "form has no 'data' field"),
         ({'{"data": "abc"}': b""}, "JSON was sent as a form"),
+        ({"body": bytearray(b"data:image/png,\x89PNG\r\n")}, "body is neither an image file nor valid base64"),
+        ({"body": bytearray(b"garbage")}, "body is neither an image file nor valid base64"),
+        ({"body": bytearray(b'{"data": "", "top_k": ' + b"9" * 5000 + b"}")}, "number of thousands of digits"),
     ],
 )
 def test_payload_refusals_are_400(row, match):
@@ -109,3 +121,8 @@ def test_refusals_have_fitting_statuses():
     assert status_of(decode_image, data[: len(data) // 2], 10**6).status == 422
     too_big = status_of(decode_image, data, 300 * 300 - 1)
     assert too_big.status == 413 and "300x300 = 90000 pixels" in too_big.message
+    # over Pillow's own bomb cap (twice Image.MAX_IMAGE_PIXELS) the message still states the model's cap
+    side = (30_000).to_bytes(2, "little") * 2
+    gif_header = b"GIF89a" + side + b"\x00\x00\x00" + b",\x00\x00\x00\x00" + side + b"\x00\x02\x02\x44\x01\x00;"
+    bomb = status_of(decode_image, gif_header, 40_000_000)
+    assert bomb.status == 413 and bomb.message == "image is 900000000 pixels; this model accepts at most 40000000"

@@ -178,7 +178,7 @@ def _check_tiff(image: ImageFile.ImageFile, data: bytes, reader: _DeadlineReader
         raise RequestError(415, f"TIFF compression '{compression}' is not supported")
 
 
-def _open(reader: _DeadlineReader) -> ImageFile.ImageFile:
+def _open(reader: _DeadlineReader, max_pixels: int) -> ImageFile.ImageFile:
     """Open (headers only) as one of ACCEPTED_FORMATS, mapping failures to request errors."""
     try:
         with warnings.catch_warnings():
@@ -187,8 +187,10 @@ def _open(reader: _DeadlineReader) -> ImageFile.ImageFile:
             image = Image.open(reader, formats=ACCEPTED_FORMATS)
     except RequestError:
         raise
-    except Image.DecompressionBombError as error:
-        raise RequestError(413, f"image is too large to decode safely: {error}") from None
+    except Image.DecompressionBombError as error:  # Pillow's own cap (twice MAX_IMAGE_PIXELS): far over ours
+        size = re.search(r"\((\d+) pixels\)", str(error))
+        pixels = f"{int(size.group(1))} pixels" if size else "more pixels"
+        raise RequestError(413, f"image is {pixels}; this model accepts at most {max_pixels}") from None
     except UnidentifiedImageError:
         raise RequestError(415, f"body is not an image in a supported format ({SUPPORTED})") from None
     except Exception as error:  # noqa: BLE001 - any decoder failure is the upload's fault
@@ -328,7 +330,7 @@ def decode(
     if jpeg:  # JPEG or MPO: counted before Pillow parses a byte of it
         _check_scans(count_jpeg_scans(data), reader.limits, "JPEG")
     with reader.unchecked() if jpeg else nullcontext():
-        image = _open(reader)
+        image = _open(reader, max_pixels)
     _check_pixels(image, max_pixels)
     stored_size = image.size  # before draft() may shrink it
     if image.format == "TIFF":

@@ -61,10 +61,21 @@ class RequestOptions:
     explain_key: str | None = None  # the key its sampling draw hashes (default: the request id)
 
 
+def _header_text(value: Any) -> Any:
+    """A header value as its sender wrote it: HTTP servers (TorchServe's Netty too) read header bytes as
+    latin-1, so a UTF-8 label (``X-Explain-Target: défaut``) arrives mangled unless it is decoded again."""
+    if isinstance(value, str) and not value.isascii():
+        try:
+            return value.encode("latin-1").decode("utf-8")
+        except UnicodeError:  # not UTF-8 (or not latin-1 bytes): keep what arrived
+            return value
+    return value
+
+
 def header_options(headers: Mapping[str, Any]) -> dict[str, Any]:
     """The ``X-Explain-*`` request headers as option fields (case-insensitive names)."""
     return {
-        name.lower()[len(HEADER_PREFIX) :].replace("-", "_"): value
+        name.lower()[len(HEADER_PREFIX) :].replace("-", "_"): _header_text(value)
         for name, value in headers.items()
         if isinstance(name, str) and name.lower().startswith(HEADER_PREFIX)
     }

@@ -22,6 +22,7 @@ from .errors import RequestError, bad_request
 IMAGE_FIELD = "data"
 _BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\r\n"
 _URLENCODED = "application/x-www-form-urlencoded"
+_UTF8_BOM = b"\xef\xbb\xbf"  # some editors and Windows tools start JSON files with it (RFC 8259 lets parsers skip it)
 _SEND_RAW_HINT = (
     "send the file as the raw body (curl -T image.jpg URL, or curl --data-binary @image.jpg "
     "-H 'Content-Type: application/octet-stream' URL) or in a multipart field named "
@@ -37,13 +38,13 @@ class Payload:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-def _b64decode(text: str, what: str) -> bytes:
+def _b64decode(text: str, what: str, problem: str = "is not valid base64") -> bytes:
     if text.startswith("data:") and "," in text[:256]:  # a data URL, as browsers produce
         text = text.split(",", 1)[1]
     try:
         return base64.b64decode("".join(text.split()), validate=True)
-    except (binascii.Error, ValueError):
-        raise bad_request(f"{what} is not valid base64 (send the raw image bytes, or base64 text)") from None
+    except (binascii.Error, ValueError):  # ValueError: non-ASCII characters
+        raise bad_request(f"{what} {problem} (send the raw image bytes, or base64 text)") from None
 
 
 def looks_like_base64(data: bytes) -> bool:
@@ -58,8 +59,8 @@ def looks_like_base64(data: bytes) -> bool:
 
 def _image_bytes(data: bytes, what: str) -> bytes:
     """Raw image bytes, or the decoded bytes when ``data`` is base64 text."""
-    if looks_like_base64(data):
-        return _b64decode(data.decode("ascii"), what)
+    if looks_like_base64(data):  # latin-1: a data URL's payload may be raw bytes, which base64 then refuses
+        return _b64decode(data.decode("latin-1"), what, "is neither an image file nor valid base64 text")
     return data
 
 
@@ -85,6 +86,10 @@ def _parse_json(raw: bytes | str) -> Any:
     except RecursionError:
         raise bad_request('request body is JSON nested too deeply: send a flat object {"data": ...}') from None
     except (UnicodeDecodeError, ValueError) as error:
+        if "integer string conversion" in str(error):  # Python's int() digit limit, hit while parsing
+            raise bad_request(
+                "request body is JSON with a number of thousands of digits: no option takes one"
+            ) from None
         raise bad_request(f"request body looks like JSON but does not parse: {str(error)[:200]}") from None
 
 
@@ -111,10 +116,10 @@ def extract_payload(row: Mapping[str, Any], content_type: str = "") -> Payload:
     if "body" not in row:  # multipart/form-data or urlencoded: one key per field
         return _from_form(row, content_type.lower())
     body = row["body"]
-    if isinstance(body, (bytes, bytearray)) and bytes(body[:64]).lstrip()[:1] in (b"{", b"["):
-        body = _parse_json(bytes(body))  # JSON sent with a content type TorchServe didn't decode
-    elif isinstance(body, str) and body.lstrip()[:1] in ("{", "["):
-        body = _parse_json(body)
+    if isinstance(body, (bytes, bytearray)) and bytes(body[:64]).removeprefix(_UTF8_BOM).lstrip()[:1] in (b"{", b"["):
+        body = _parse_json(bytes(body))  # JSON sent with a content type TorchServe didn't decode (json: BOM too)
+    elif isinstance(body, str) and body.removeprefix("\ufeff").lstrip()[:1] in ("{", "["):
+        body = _parse_json(body.removeprefix("\ufeff"))
     if isinstance(body, dict):
         return _from_object(body, "JSON body")
     if isinstance(body, (bytes, bytearray)):
