@@ -113,6 +113,24 @@ def test_usage_errors_are_one_line(tmp_path, capsys, argv, expected):
     assert line.startswith("torchserve-gradcam: error: ") and expected in line
 
 
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--codec", "aac"], "argument --codec: 'aac' encodes audio, not video"),
+        (["--codec", "nope"], "argument --codec: FFmpeg has no encoder 'nope'"),
+        (["--method", "none"], "--method none answers without a map"),
+    ],
+)
+def test_video_usage_errors_are_one_line_before_any_frame(tmp_path, capsys, argv, expected):
+    pytest.importorskip("av")
+    line = failure(["video", str(SAMPLE), "--out", str(tmp_path / "out.mp4"), *argv], capsys, 2)
+    assert line.startswith("torchserve-gradcam video: error: ") and expected in line
+
+
+def test_method_names_are_read_as_the_server_reads_them():
+    assert cli.parser().parse_args(["--method", " GradCAM ", str(SAMPLE)]).method == "gradcam"
+
+
 def test_missing_and_unreadable_images(tmp_path, capsys, monkeypatch):
     missing = tmp_path / "absent.png"
     assert failure([str(missing)], capsys, 2) == f"torchserve-gradcam: error: no such file or folder: {missing}"

@@ -109,10 +109,16 @@ def add_server_arguments(cli: argparse.ArgumentParser) -> None:
     )
 
 
+def method_name(text: str) -> str:
+    """``--method`` as the server reads it: case and surrounding spaces do not matter (GradCAM = gradcam)."""
+    return text.strip().lower()
+
+
 def add_method_arguments(cli: argparse.ArgumentParser, targets_help: str) -> None:
     """What to explain: --method, its options (--layer, --window, ...) and --target."""
     cli.add_argument(
         "--method",
+        type=method_name,
         default="gradcam",
         help="explanation method, one the model offers (--describe lists them; default %(default)s)",
     )

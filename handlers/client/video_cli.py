@@ -88,7 +88,9 @@ def parser() -> argparse.ArgumentParser:
         default=VideoSettings.concurrency,
         help="frames in flight at once (default %(default)s: two batches of 8, one queued while the other runs)",
     )
-    cli.add_argument("--codec", default=CODEC, help="FFmpeg encoder of the output (default %(default)s)")
+    cli.add_argument(
+        "--codec", type=video_encoder, default=CODEC, help="FFmpeg video encoder of the output (default %(default)s)"
+    )
     cli.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -130,11 +132,24 @@ class FrameProgress:
             self.stream.flush()
 
 
+def video_encoder(name: str) -> str:
+    """``--codec``: the name of a video encoder this FFmpeg has (checked before any frame is decoded)."""
+    try:
+        codec = av.codec.Codec(name, "w")
+    except ValueError:  # UnknownCodecError
+        raise argparse.ArgumentTypeError(f"FFmpeg has no encoder {name!r} (e.g. {CODEC}, libx265, mpeg4)") from None
+    if codec.type != "video":
+        raise argparse.ArgumentTypeError(f"{name!r} encodes {codec.type}, not video (e.g. {CODEC})")
+    return name
+
+
 def _settings(cli: argparse.ArgumentParser, args: argparse.Namespace, url: str, model: str) -> VideoSettings:
     """The request and drawing settings, checked against the model's description (usage errors exit 2)."""
     targets = split_targets(args.target)
     if len(targets) > 1:
         cli.error(f"give one --target for a video (one map per frame), got {', '.join(targets)}")
+    if args.method == "none":
+        cli.error("--method none answers without a map, so there is nothing to draw on the video; choose a method")
     options = method_options(args)
     description = model_description(args, url, model)
     problem = check_request(description, args.method, targets, options)
