@@ -47,6 +47,22 @@ def test_equal_top_eigenvalues_and_zero_maps_fall_back_without_nan():
     assert torch.allclose((gram[0] @ vectors[0]), 4 * vectors[0], atol=1e-5)  # some vector of the top eigenspace
 
 
+def test_maps_whose_channels_sum_to_zero_are_oriented_by_their_peak_in_any_batch():
+    # A LayerNorm output (ViT, Mixer, CrossViT) sums to zero over channels at every position, so the
+    # mean-activation rule has nothing to go by; the sign used to follow float rounding and flip
+    # with the batch. The largest entry decides instead, the same alone and among batch-mates.
+    generator = torch.Generator().manual_seed(1)
+    activations = torch.randn((8, 48, 7, 7), generator=generator)
+    pattern = torch.rand((8, 1, 7, 7), generator=generator)
+    activations[:, :6] += 2 * torch.rand((8, 6, 1, 1), generator=generator) * pattern
+    activations -= activations.mean(dim=1, keepdim=True)
+    batched = principal_projection(activations)
+    for image, projection in zip(activations, batched, strict=True):
+        alone = principal_projection(image[None])[0]
+        assert _normalised_difference(alone[None], projection[None].double()) <= 1e-5
+        assert float(alone.flatten()[alone.abs().argmax()]) > 0
+
+
 class _InPlaceAfterLayer(nn.Module):
     """A conv layer whose output the forward then rectifies in place, and one whose output it does not touch."""
 

@@ -73,7 +73,8 @@ def principal_projection(activations: torch.Tensor) -> torch.Tensor:
     is oriented to correlate positively with the mean activation over channels: the map shows
     the active parts. Both are centred over positions, so that correlation is the projection's
     dot product with the centred map's channel sum, which on the channel side is v . G 1 (the
-    Gram matrix's row sums): no pass over the map.
+    Gram matrix's row sums): no pass over the map. Where that sum is zero, ``_orientation``
+    decides by the projection's largest entry.
     """
     n, c, h, w = activations.shape
     flat = activations.detach().float().reshape(n, c, h * w)  # N x C x hw
@@ -84,12 +85,28 @@ def principal_projection(activations: torch.Tensor) -> torch.Tensor:
         vectors = _top_eigenvectors(gram)
         projection = (vectors.unsqueeze(1) @ centred).squeeze(1)  # N x hw: as a row, see _top_eigenvectors
         agreement = (vectors * gram.sum(dim=2)).sum(dim=1)
+        energy = gram.diagonal(dim1=1, dim2=2).sum(dim=1)
     else:
         values, vectors = torch.linalg.eigh(centred.transpose(1, 2) @ centred)  # hw x hw, ascending
         projection = vectors[:, :, -1] * values[:, -1:].clamp_min(0).sqrt()
         agreement = (projection * centred.sum(dim=1)).sum(dim=1)
-    sign = torch.where(agreement < 0, -1.0, 1.0).to(projection.dtype)
-    return (projection * sign[:, None]).reshape(n, h, w)
+        energy = values.sum(dim=1)
+    return (projection * _orientation(projection, agreement, energy)[:, None]).reshape(n, h, w)
+
+
+_UNDECIDED = 1e-4  # |agreement| below this share of its scale: the channels' sum is zero (a LayerNorm's output)
+
+
+def _orientation(projection: torch.Tensor, agreement: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
+    """+1 or -1 per image: the sign that makes the projection agree with the channels' sum, or, where
+    that sum vanishes (a LayerNorm output sums to zero over channels at every position: ViT, Mixer,
+    CrossViT layers), the sign that makes the projection's largest entry positive. Without that rule
+    the sign followed float rounding (agreements of 1e-8 of their scale), so a map could flip with
+    its batch-mates; CNN maps agree at 0.06 to 6 of the scale, |projection| x sqrt(trace of the Gram)."""
+    scale = torch.linalg.vector_norm(projection, dim=1) * energy.clamp_min(0).sqrt()
+    peak = projection.gather(1, projection.abs().argmax(dim=1, keepdim=True))[:, 0]
+    decided = agreement.abs() > _UNDECIDED * scale
+    return torch.where(torch.where(decided, agreement, peak) < 0, -1.0, 1.0).to(projection.dtype)
 
 
 class EigenCam(Method):
