@@ -16,7 +16,7 @@ from PIL import Image
 from handlers.client.api import ApiError, ExplainClient, ServerUnreachable
 from handlers.client.drawing import FrameDrawer, Layer, layout
 from handlers.client.original import placed_box
-from handlers.client.video import blank, plain, planes_of, reduction, sent_picture, sent_size, yuv420p
+from handlers.client.video import blank, plain, planes_of, reduction, sent_picture, sent_size, upright, yuv420p
 from handlers.inspection import scenes
 from handlers.render.original import overlay_on_original
 from handlers.testing.local_http import JsonHandler, serving
@@ -143,6 +143,32 @@ def test_frames_between_explained_ones_are_copied_whole():
     assert (copy.width, copy.height) == (62, 46)
     for written, source in zip(planes_of(copy), planes_of(frame), strict=True):
         assert np.array_equal(written, source)
+
+
+@pytest.mark.parametrize(
+    ("rotation", "dark_corner"),
+    [(0, (0, 0)), (90, (1, 0)), (-90, (0, 1)), (180, (1, 1))],  # (bottom?, right?) of the upright frame
+)
+def test_a_phone_video_is_turned_upright_as_players_show_it(tmp_path, rotation, dark_corner):
+    """A display rotation (counterclockwise degrees) is applied to each decoded frame, as FFmpeg's autorotate
+    does: the model sees the scene upright and the output plays upright with no rotation of its own."""
+    path = tmp_path / "phone.mp4"
+    stored = np.full((48, 64, 3), 200, np.uint8)
+    stored[:12, :16] = 20  # a dark block at the stored frame's top left
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.set_display_rotation(rotation)
+        container.mux(stream.encode(av.VideoFrame.from_ndarray(stored, format="rgb24")))
+        container.mux(stream.encode(None))
+    with av.open(str(path)) as container:
+        frame = upright(next(container.decode(video=0)))
+    assert (frame.width, frame.height) == ((48, 64) if rotation % 180 else (64, 48))
+    luma = planes_of(frame)[0]
+    rows, columns = np.nonzero(luma < 80)
+    half_height, half_width = luma.shape[0] / 2, luma.shape[1] / 2
+    assert rows.size and (rows.min() >= half_height, columns.min() >= half_width) == tuple(map(bool, dark_corner))
+    assert rows.max() < half_height or rows.min() >= half_height  # one corner, not smeared
 
 
 class _Frames(JsonHandler):

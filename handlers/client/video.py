@@ -410,8 +410,23 @@ def stop_on_sigint(stop: threading.Event) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+def upright(frame: av.VideoFrame) -> av.VideoFrame:
+    """The frame as players show it: a phone video's display rotation (FFmpeg's display matrix side data,
+    counterclockwise degrees) applied, as FFmpeg's autorotate does; itself when it has none. The model then sees
+    the scene upright (as ``decode`` turns photos by their EXIF orientation) and the output needs no rotation."""
+    turns = round(frame.rotation / 90) % 4
+    if not turns:
+        return frame
+    source = planes_of(yuv420p(frame))
+    height, width = source[0].shape
+    turned, target = blank((height, width) if turns % 2 else (width, height))
+    for into, plane in zip(target, source, strict=True):
+        into[...] = np.rot90(plane, turns)
+    return turned
+
+
 def _frames(container: Any, stream: Any, rate: Fraction) -> Iterator[tuple[float, av.VideoFrame]]:
-    """(time in seconds, frame) of every decoded frame, in order."""
+    """(time in seconds, upright frame) of every decoded frame, in order."""
     for count, frame in enumerate(container.decode(stream)):
         time = float(frame.time) if frame.time is not None else count / float(rate)
-        yield time, frame
+        yield time, upright(frame)
