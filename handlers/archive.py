@@ -159,7 +159,15 @@ def _torchvision(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, An
     }
     categories = list(weights_enum.meta["categories"])
     labels = _labels(args.labels) if args.labels else parse_labels(categories, f"{args.arch} categories")
-    return {"builder": "torchvision", "arch": args.arch, "num_classes": len(labels)}, spec, labels, weights, []
+    model: dict[str, Any] = {"builder": "torchvision", "arch": args.arch, "num_classes": len(labels)}
+    kwargs = _model_kwargs(args.model_kwargs) if args.model_kwargs else {}
+    for name in ("weights", "pretrained", "num_classes"):
+        if name in kwargs:
+            why = "the labels give the class count" if name == "num_classes" else "the weights come from --weights"
+            raise UsageError("--model-kwargs", f"{name!r} is not allowed: {why}")
+    if kwargs:
+        model["kwargs"] = kwargs
+    return model, spec, labels, weights, []
 
 
 IMAGENET_CLASSES = 1000
@@ -594,6 +602,11 @@ def parser() -> argparse.ArgumentParser:
     tv.add_argument("--arch", required=True, help="e.g. resnet50, googlenet, densenet121")
     tv.add_argument("--weights", required=True, help="state_dict file (.pth)")
     tv.add_argument("--labels", help="labels file for a fine-tuned head (default: ImageNet categories)")
+    tv.add_argument(
+        "--model-kwargs",
+        help="JSON object of constructor arguments a state_dict cannot carry, e.g. '{\"transform_input\": true}' "
+        "for googlenet / inception_v3 weights saved from torchvision's ImageNet checkpoints",
+    )
     custom = kinds.add_parser("custom", parents=[common], help="your own model file + state_dict + labels")
     custom.add_argument("--model-file", required=True, help="Python file defining the nn.Module")
     custom.add_argument("--model-class", help="class name, if the file defines several modules")

@@ -2,8 +2,9 @@
 
 The ``gradcam.model`` section of the model config names a builder:
 - ``{builder: inspection}``: the embedded default model;
-- ``{builder: torchvision, arch: resnet50, num_classes: 1000}``: any torchvision
-  classification architecture;
+- ``{builder: torchvision, arch: resnet50, num_classes: 1000, kwargs: {...}}``: any torchvision
+  classification architecture (``kwargs``: constructor flags a state_dict cannot carry, such as
+  GoogLeNet's and Inception v3's ``transform_input``);
 - ``{builder: file, file: my_model.py, class: Net, kwargs: {...}}``: the user's own
   module shipped in the MAR (``class`` may be omitted when the file defines one
   ``nn.Module``);
@@ -48,7 +49,25 @@ def _torchvision_model(spec: dict[str, Any], state: dict[str, torch.Tensor] | No
         # Checkpoints may or may not carry the auxiliary heads; eval mode never runs them.
         kwargs["aux_logits"] = state is not None and any(key.startswith(("aux1.", "AuxLogits.")) for key in state)
         kwargs["init_weights"] = False
-    return torchvision.models.get_model(arch, weights=None, **kwargs)
+    given = spec.get("kwargs") or {}
+    if not isinstance(given, dict):
+        raise ModelLoadError(f"gradcam.model.kwargs must be a mapping of constructor arguments, got {given!r}")
+    kwargs.update(given)
+    try:
+        model = torchvision.models.get_model(arch, weights=None, **kwargs)
+    except Exception as error:  # noqa: BLE001 - a model constructor may raise anything
+        raise ModelLoadError(
+            f"torchvision.models.get_model({arch!r}, **{kwargs!r}) failed: {type(error).__name__}: {error}"
+        ) from None
+    if getattr(model, "transform_input", None) is False and "transform_input" not in given:
+        # A flag, not a tensor: the state_dict cannot say it. torchvision sets it for its own checkpoints.
+        logger.warning(
+            "%s is built with transform_input=False, torchvision's default without weights; weights saved from "
+            "torchvision's ImageNet checkpoint (weights=...) expect transform_input=True: pass "
+            """--model-kwargs '{"transform_input": true}' to the archive CLI""",
+            arch,
+        )
+    return model
 
 
 def import_timm() -> Any:

@@ -216,6 +216,14 @@ def test_imagenet_style_label_objects_are_accepted(tmp_path):
     assert plan.labels == ["tench", "goldfish"] and plan.config["gradcam"]["model"]["num_classes"] == 2
 
 
+def test_torchvision_model_kwargs_reach_the_mar_and_what_the_weights_decide_is_refused(capsys, no_build):
+    argv = ["torchvision", "--arch", "googlenet", "--weights", __file__, "--model-kwargs", '{"transform_input": true}']
+    plan = archive.plan_mar(archive.parser().parse_args(argv))
+    assert plan.config["gradcam"]["model"]["kwargs"] == {"transform_input": True}
+    line = refusal([*argv[:-1], '{"num_classes": 10}'], capsys)
+    assert "argument --model-kwargs: 'num_classes' is not allowed: the labels give the class count" in line
+
+
 def test_torchvision_default_labels_follow_the_rules():
     plan = archive.plan_mar(archive.parser().parse_args(["torchvision", "--arch", "resnet18", "--weights", __file__]))
     assert len(plan.labels) == 1000

@@ -62,6 +62,25 @@ def test_googlenet_checkpoints_with_or_without_aux_heads(tmp_path):
         build_model({"builder": "torchvision", "arch": "googlenet"}, str(tmp_path), state)
 
 
+def test_torchvision_constructor_flags_a_state_dict_cannot_carry(tmp_path, caplog):
+    # torchvision's ImageNet GoogLeNet checkpoint runs with transform_input=True: a flag, not a tensor,
+    # so without kwargs the worker built another model from the same weights (other predictions).
+    import torchvision
+
+    torch.manual_seed(0)
+    user = torchvision.models.googlenet(weights=None, transform_input=True, aux_logits=False, init_weights=True).eval()
+    spec = {"builder": "torchvision", "arch": "googlenet", "kwargs": {"transform_input": True}}
+    served = build_model(spec, str(tmp_path), user.state_dict()).eval()
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(served(images), user(images))
+    with caplog.at_level("WARNING", logger="handlers.models"):
+        assert not build_model({**spec, "kwargs": {}}, str(tmp_path), user.state_dict()).transform_input
+    assert "pass --model-kwargs '{\"transform_input\": true}'" in caplog.text
+    with pytest.raises(ModelLoadError, match=r"get_model\('googlenet'.*failed: TypeError"):
+        build_model({**spec, "kwargs": {"transform": True}}, str(tmp_path), None)
+
+
 def test_labels(tmp_path):
     path = tmp_path / "index_to_name.json"
     path.write_text(json.dumps({"0": "ok", "1": ["n01", "scratch"], "2": "dent"}))
