@@ -142,6 +142,9 @@ class GradCamHandler(BaseHandler):
             torch.set_num_threads(threads)
         if reuse_freed_buffers():  # the worker is ours: its batches' activations stay mapped
             logger.info("freed buffers reused: glibc's mmap and trim thresholds raised in this worker")
+        # Images per engine call: KServe requests carry up to 64 images each, so a batch may hold far more
+        # images than requests; the engine never takes more at once than a batch of plain requests.
+        self.engine_batch = max(1, int(properties.get("batch_size") or 1))
         self.preprocessor = Preprocessor(self.config.input)
         self.decode_size = self.preprocessor.decode_size()
         self.decode_limits = DecodeLimits(self.config.max_jpeg_scans, self.config.decode_timeout_s)
@@ -203,7 +206,14 @@ class GradCamHandler(BaseHandler):
             return _refusal(error, "read")
 
     def _explain(self, items: list[Prepared]) -> list[SampleResult]:
-        return self.explainer.explain(self.preprocessor.batch([p.picture for p in items]), [p.job for p in items])
+        """The engine's results for ``items``, at most ``engine_batch`` images per call (memory as for one batch)."""
+        results: list[SampleResult] = []
+        for start in range(0, len(items), self.engine_batch):
+            part = items[start : start + self.engine_batch]
+            results.extend(
+                self.explainer.explain(self.preprocessor.batch([p.picture for p in part]), [p.job for p in part])
+            )
+        return results
 
     def inference(self, prepared: list[Prepared | RequestError]) -> list[Outcome]:
         """One engine call for every request that decoded (one forward per method).
