@@ -10,8 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
+from torch import nn
 
-from handlers.engine import Explainer
+from handlers.engine import Explainer, Job
 from handlers.engine.methods import MethodParams
 from handlers.evaluation.batch_invariance import composition_differences
 from handlers.evaluation.data import default_model, held_out_images
@@ -53,3 +54,40 @@ def test_the_measure_sees_a_batch_dependent_model():
     images = torch.randn(33, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     differences = composition_differences(explainer, images, ["gradcam"])
     assert differences["gradcam"] > 0.01
+
+
+class _TokensAfterBatchNorm(nn.Module):
+    """A conv stem and batch norm whose map becomes tokens (EfficientFormer's ``Flat``), mean-pooled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 4, 4)
+        self.norm = nn.BatchNorm2d(16)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.norm(self.stem(x)).flatten(2).transpose(1, 2)
+        return self.head(tokens.mean(dim=1))
+
+
+def test_one_image_gradients_through_a_batch_norm_are_right():
+    # torch's CPU batch-norm backward is wrong for one image when the gradient reaching it is
+    # channels-last with an odd batch stride (the token view leaves one): the engine lays it out first.
+    torch.manual_seed(0)
+    model = _TokensAfterBatchNorm().eval()
+    norm = model.norm
+    assert norm.running_var is not None and norm.running_mean is not None
+    norm.running_var.uniform_(0.5, 2)
+    norm.running_mean.normal_()
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    exact = images.double().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(model.double()(exact)[:, 1].sum(), exact)
+    expected = gradient.abs().amax(dim=1)
+    explainer = Explainer(model.float(), (32, 32))
+    for method in ("guided_backprop", "guided_gradcam"):
+        batched = explainer.explain(images, [Job(method, (1,))] * 3)
+        for i, image in enumerate(images):
+            alone = explainer.explain(image[None], [Job(method, (1,))])[0].explanations[0].values
+            assert torch.allclose(alone, batched[i].explanations[0].values, atol=1e-5 * float(alone.max()))
+            if method == "guided_backprop":  # no ReLU here: the plain gradient's max |value| over colours
+                assert torch.allclose(alone.double(), expected[i], atol=1e-5 * float(expected[i].max()))

@@ -16,6 +16,7 @@ from .layers import LayerRecord, discover_target_layer, map_candidates, resolve_
 from .linear_head import detect_linear_head
 from .methods import METHODS, ExplainedModel, MapLayer, MethodError, MethodLimits, MethodParams
 from .methods.base import predict
+from .norm_gradients import norm_modules, one_image_norms
 from .policy import Decision, ExplainPolicy, decide_rows, draw
 from .row_limits import find_row_limits
 
@@ -101,12 +102,14 @@ class Explainer:
         example = torch.rand((1, 3, *input_size), generator=torch.Generator().manual_seed(0)).to(self.device)
         records, logits = trace_module_outputs(model, example)
         self.num_classes = int(logits.shape[1])
-        layer_name = target_layer or discover_target_layer(model, example, records)
-        record = resolve_target_layer(model, layer_name, records, example)
-        assert record.layout is not None
-        channels_first = record.layout.kind == "nchw"
-        head = detect_linear_head(model, record.module, example, records) if cam_fast_path and channels_first else None
-        row_limits = find_row_limits(model, record.module, records, example) if head is None else ()
+        self._norms = norm_modules(model)  # their one-image backward needs a fix (norm_gradients.py)
+        with one_image_norms(self._norms, len(example)):  # the probes below take gradients of one image
+            layer_name = target_layer or discover_target_layer(model, example, records)
+            record = resolve_target_layer(model, layer_name, records, example)
+            assert record.layout is not None
+            fast = cam_fast_path and record.layout.kind == "nchw"
+            head = detect_linear_head(model, record.module, example, records) if fast else None
+            row_limits = find_row_limits(model, record.module, records, example) if head is None else ()
         layers = _map_layers(records)
         written = written_in_place(model, [record.module, *(layer.module for layer in layers.values())], example)
         self.explained = ExplainedModel(
@@ -267,7 +270,8 @@ class Explainer:
                 targets = [[] if d and not d.explained else t for d, t in zip(decisions, targets, strict=True)]
             return targets
 
-        output = method.run(self.explained, images, resolve, params)
+        with one_image_norms(self._norms, len(images)):
+            output = method.run(self.explained, images, resolve, params)
         probabilities = torch.softmax(output.logits.float(), dim=1)
         results = [SampleResult(p, decision=d) for p, d in zip(probabilities, decisions, strict=True)]
         if output.maps is None:
