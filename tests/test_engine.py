@@ -229,6 +229,30 @@ def test_channels_last_layers_are_permuted_to_maps(size):
     assert explainer.layer_name == Explainer(ChannelsLastStages().eval(), size).layer_name == "mlp"
 
 
+class WindowedTokens(nn.Module):
+    """Attention over windows, as Swin or GC ViT blocks: a projection of windows x tokens x C, then merged back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 8, 4, stride=4)  # 8 x 8 patches of a 32 px image
+        self.window_proj = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        n = x.shape[0]
+        windows = self.patch(x).reshape(n, 8, 2, 4, 2, 4).permute(0, 2, 4, 3, 5, 1).reshape(n * 4, 16, 8)
+        return self.head(self.window_proj(windows).reshape(n, 64, 8).mean(1))
+
+
+def test_a_windowed_output_is_no_map_of_the_image():
+    # windows x tokens x C looks like 4 x 4 patch tokens per window; at batch 2 its first axis is 8
+    # rows, not 2 images (the activations of such a layer used to fail with a 500 IndexError).
+    explainer = Explainer(WindowedTokens().eval(), (32, 32))
+    assert "window_proj" not in explainer.layer_names and explainer.layer_name == "patch"
+    with pytest.raises(TargetLayerError, match="'window_proj' outputs 4 x 16 x 8, not a spatial map"):
+        Explainer(WindowedTokens().eval(), (32, 32), target_layer="window_proj")
+
+
 def test_swin_is_explained_at_its_last_stage_turned_channels_first(random_model):
     """Swin's stages are N x H x W x C; its final permute back to N x C x H x W comes last, so it is chosen."""
     assert Explainer(random_model("swin_t"), (224, 224)).layer_name == "permute"

@@ -117,14 +117,17 @@ def _layout(
     return None
 
 
-def _with_layouts(records: list[LayerRecord], input_size: tuple[int, int]) -> list[LayerRecord]:
-    """Records with their layouts; the patch grid is the last channels-first map before the first tokens."""
+def _with_layouts(records: list[LayerRecord], input_size: tuple[int, int], batch: int) -> list[LayerRecord]:
+    """Records with their layouts; the patch grid is the last channels-first map before the first tokens.
+
+    An output whose first axis is not the batch's (windowed attention: windows x tokens x C, as in
+    Swin or GC ViT blocks) is no map of the image, whatever its other axes."""
     laid: list[LayerRecord] = []
     grid: tuple[int, int] | None = None
     in_tokens = False
     for record in records:
         shape = record.output_shape
-        layout = _layout(shape, input_size, grid, in_tokens)
+        layout = _layout(shape, input_size, grid, in_tokens) if shape and shape[0] == batch else None
         if layout is not None and layout.kind == "nchw" and shape is not None:
             grid = (shape[2], shape[3])
         in_tokens = in_tokens or (layout is not None and layout.kind == "tokens")
@@ -156,7 +159,7 @@ def trace_module_outputs(model: nn.Module, example: torch.Tensor) -> tuple[list[
     finally:
         for handle in handles:
             handle.remove()
-    return _with_layouts(records, (example.shape[2], example.shape[3])), logits
+    return _with_layouts(records, (example.shape[2], example.shape[3]), example.shape[0]), logits
 
 
 def map_candidates(records: list[LayerRecord]) -> list[LayerRecord]:
