@@ -48,6 +48,17 @@ def test_json_body_decoded_by_torchserve_or_not():
         assert payload.image == data and payload.fields == {"method": "none"}
 
 
+def test_base64_without_padding_or_in_the_url_safe_alphabet():
+    data = png_bytes() + b"\xfb\xff"  # ends so that padding is needed and '+/' (URL-safe: '-_') appear
+    for text in (
+        base64.b64encode(data).rstrip(b"="),
+        base64.urlsafe_b64encode(data),
+        base64.urlsafe_b64encode(data)[:-1],
+    ):
+        assert extract_payload({"body": bytearray(text)}).image == data
+        assert extract_payload({"body": {"data": text.decode()}}).image == data
+
+
 def test_json_with_a_byte_order_mark():
     data = png_bytes()
     text = json.dumps({"data": base64.b64encode(data).decode(), "method": "none"})
@@ -74,7 +85,7 @@ def test_multipart_fields():
         ({"method": b"gradcam"}, "form has no 'data' field"),
         ({'{"data": "abc"}': b""}, "JSON was sent as a form"),
         ({"body": bytearray(b"data:image/png,\x89PNG\r\n")}, "body is neither an image file nor valid base64"),
-        ({"body": bytearray(b"garbage")}, "body is neither an image file nor valid base64"),
+        ({"body": bytearray(b"abcde")}, "body is neither an image file nor valid base64"),
         ({"body": bytearray(b'{"data": "", "top_k": ' + b"9" * 5000 + b"}")}, "number of thousands of digits"),
     ],
 )

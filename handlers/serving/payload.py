@@ -20,7 +20,8 @@ from typing import Any
 from .errors import RequestError, bad_request
 
 IMAGE_FIELD = "data"
-_BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\r\n"
+_BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_\r\n"
+_URL_SAFE = str.maketrans("-_", "+/")
 _URLENCODED = "application/x-www-form-urlencoded"
 _UTF8_BOM = b"\xef\xbb\xbf"  # some editors and Windows tools start JSON files with it (RFC 8259 lets parsers skip it)
 _SEND_RAW_HINT = (
@@ -41,8 +42,11 @@ class Payload:
 def _b64decode(text: str, what: str, problem: str = "is not valid base64") -> bytes:
     if text.startswith("data:") and "," in text[:256]:  # a data URL, as browsers produce
         text = text.split(",", 1)[1]
-    try:
-        return base64.b64decode("".join(text.split()), validate=True)
+    compact = "".join(text.split())
+    if "-" in compact or "_" in compact:  # the URL-safe alphabet (RFC 4648 section 5), as JWT-style tools write it
+        compact = compact.translate(_URL_SAFE)
+    try:  # padding is often left off (URL-safe tools, JavaScript): restore it
+        return base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
     except (binascii.Error, ValueError):  # ValueError: non-ASCII characters
         raise bad_request(f"{what} {problem} (send the raw image bytes, or base64 text)") from None
 
