@@ -144,6 +144,16 @@ def test_the_description_lists_methods_labels_layers_and_limits(handler):
     assert occlusion["options"] == ["window", "stride"] and occlusion["class_specific"] is True
 
 
+def test_a_describe_header_on_one_request_does_not_cost_its_batch(handler):
+    """TorchServe passes client headers on: a request sent with 'describe: True' among others gets the
+    description, and the rest of its batch their own answers (one answer per request, or all 503)."""
+    rows = [request("gradcam"), request("gradcam"), request("none")]
+    statuses, bodies, _ = run_batch(handler, rows, [{"describe": "True"}, {}, {}])
+    assert statuses == [200, 200, 200]
+    assert bodies[0] == handler.description()
+    assert bodies[1]["explanations"] and bodies[2]["predictions"] and not bodies[2]["explanations"]
+
+
 GELU_NET = TANH_HEAD_NET.replace("nn.ReLU()", "nn.GELU()")
 
 

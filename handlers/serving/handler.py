@@ -311,13 +311,19 @@ class GradCamHandler(BaseHandler):
             return self.stand_in.handle(data, context)
         start = self.batch_start = time.perf_counter()
         self.context = context
-        if context.get_request_header(0, "describe") == "True":
-            return [self.describe_handle().encode("utf-8")]
+        # The management API's describe call carries this header; so may any inference request (TorchServe
+        # passes client headers on), and answering its whole batch with one description would fail the batch.
+        describe = [context.get_request_header(idx, "describe") == "True" for idx in range(len(data))]
+        if all(describe):
+            return [self.describe_handle().encode("utf-8")] * len(data)
         batch = unfold(data, context)  # KServe v1/v2 requests: one plain row per image
         self.context = batch.context
         prepared = self.preprocess(batch.rows)
         outcomes = self.inference(prepared)
         output = batch.fold(self.postprocess(outcomes, prepared), context, self.config.max_response_bytes)
         self.context = context
+        for idx in (idx for idx, asked in enumerate(describe) if asked):  # in a batch with others: its own answer
+            output[idx] = self.describe_handle().encode("utf-8")
+            context.set_response_status(200, "OK", idx)
         context.metrics.add_time("HandlerTime", round((time.perf_counter() - start) * 1000, 2), None, "ms")
         return output
