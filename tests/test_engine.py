@@ -9,6 +9,7 @@ from captum.attr import GuidedGradCam, LayerGradCam
 from torch import nn
 
 from handlers.engine import Explainer, Job, TargetLayerError
+from handlers.serving.response import predictions
 
 SIDE = 112  # small inputs keep the suite fast; discovery is size-independent
 SIZE = (SIDE, SIDE)
@@ -86,6 +87,22 @@ def test_default_targets_are_the_top_predictions_of_the_same_pass(explainer_for)
     explainer = explainer_for("densenet121", SIDE)
     (result,) = explainer.explain(images(1), [Job("gradcam", top_classes=3)])
     assert [e.target for e in result.explanations] == result.probabilities.topk(3).indices.tolist()
+
+
+def test_a_saturated_model_s_predictions_are_ranked_as_its_explained_targets():
+    # Random-weight Inception v3 reaches logit gaps of 1e12: every probability but the top one
+    # underflows to 0.0, so ranking them said nothing; the answer's predictions follow the logits,
+    # as the targets of top_k_explanations do.
+    classifier = nn.Linear(4, 6)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), classifier).eval()
+    with torch.no_grad():
+        classifier.weight.mul_(1e6)
+    explainer = Explainer(model, (16, 16))
+    (result,) = explainer.explain(images(1, 16), [Job("gradcam", top_classes=4)])
+    assert int((result.probabilities == 0).sum()) >= 4
+    answered = predictions(result.probabilities, [str(i) for i in range(6)], 4, result.logits)
+    assert [p["index"] for p in answered] == [e.target for e in result.explanations]
+    assert [p["probability"] for p in answered][1:] == [0.0] * 3
 
 
 def test_multiple_targets_equal_separate_explanations(explainer_for):

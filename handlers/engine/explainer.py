@@ -69,6 +69,9 @@ class SampleResult:
     probabilities: torch.Tensor  # K
     explanations: list[Explanation] = field(default_factory=list)
     decision: Decision | None = None  # what the job's cost policy decided, when it had one
+    # K, the prediction's logits: they rank the classes where probabilities tie (a saturated model's
+    # softmax underflows to 0 for all but its top class), as the targets of top_classes are ranked
+    logits: torch.Tensor | None = None
 
 
 def _map_layers(records: list[LayerRecord]) -> dict[str, MapLayer]:
@@ -245,7 +248,8 @@ class Explainer:
         logits = predict(self.explained, images)
         decisions = _decisions(jobs, logits)
         probabilities = torch.softmax(logits.float(), dim=1)
-        results = [SampleResult(p, decision=d) for p, d in zip(probabilities, decisions, strict=True)]
+        predicted = zip(probabilities, logits.detach(), decisions, strict=True)
+        results = [SampleResult(p, decision=d, logits=row) for p, row, d in predicted]
         chosen = [i for i, decision in enumerate(decisions) if decision is None or decision.explained]
         if chosen:
             explained = self._run_group(images[chosen], [jobs[i] for i in chosen], apply_policy=False)
@@ -273,7 +277,8 @@ class Explainer:
         with one_image_norms(self._norms, len(images)):
             output = method.run(self.explained, images, resolve, params)
         probabilities = torch.softmax(output.logits.float(), dim=1)
-        results = [SampleResult(p, decision=d) for p, d in zip(probabilities, decisions, strict=True)]
+        predicted = zip(probabilities, output.logits.detach(), decisions, strict=True)
+        results = [SampleResult(p, decision=d, logits=row) for p, row, d in predicted]
         if output.maps is None:
             return results
         rows, indices, maps = output.slots.rows.tolist(), output.slots.targets.tolist(), output.maps.detach().unbind()

@@ -59,9 +59,16 @@ def grid(heatmap: torch.Tensor) -> Grid:
     return Grid(rows, "[[" + "".join(picked.tolist()) + "]]")
 
 
-def predictions(probabilities: torch.Tensor, labels: Sequence[str], top_k: int) -> list[dict[str, Any]]:
-    """The ``top_k`` classes, most probable first."""
-    values, indices = probabilities.float().topk(top_k)  # read back as two lists, not element by element
+def predictions(
+    probabilities: torch.Tensor, labels: Sequence[str], top_k: int, logits: torch.Tensor | None = None
+) -> list[dict[str, Any]]:
+    """The ``top_k`` classes, most probable first, ranked by ``logits`` when given: where probabilities
+    tie (all 0.0 but the top class of a saturated model) they keep the order the explained targets have."""
+    if logits is None:
+        values, indices = probabilities.float().topk(top_k)  # read back as two lists, not element by element
+    else:
+        indices = logits.float().topk(top_k).indices
+        values = probabilities.float()[indices]
     return [
         {"index": i, "label": labels[i], "probability": float(f"{v:.{PROBABILITY_DIGITS}g}")}
         for v, i in zip(values.tolist(), indices.tolist(), strict=True)
@@ -161,7 +168,7 @@ def answer(
     else:
         explanations = [explanation(item, options, labels, layer, picture) for item in result.explanations]
     body: dict[str, Any] = {
-        "predictions": predictions(result.probabilities, labels, options.top_k),
+        "predictions": predictions(result.probabilities, labels, options.top_k, result.logits),
         "explanations": explanations,
     }
     if placed is not None:
