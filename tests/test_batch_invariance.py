@@ -84,10 +84,11 @@ def test_one_image_gradients_through_a_batch_norm_are_right():
     (gradient,) = torch.autograd.grad(model.double()(exact)[:, 1].sum(), exact)
     expected = gradient.abs().amax(dim=1)
     explainer = Explainer(model.float(), (32, 32))
-    for method in ("guided_backprop", "guided_gradcam"):
-        batched = explainer.explain(images, [Job(method, (1,))] * 3)
+    before_norm = Explainer(model, (32, 32), target_layer="stem")  # its head-only backward crosses the norm
+    for explaining, method in ((explainer, "guided_backprop"), (explainer, "guided_gradcam"), (before_norm, "gradcam")):
+        batched = explaining.explain(images, [Job(method, (1,))] * 3)
         for i, image in enumerate(images):
-            alone = explainer.explain(image[None], [Job(method, (1,))])[0].explanations[0].values
+            alone = explaining.explain(image[None], [Job(method, (1,))])[0].explanations[0].values
             assert torch.allclose(alone, batched[i].explanations[0].values, atol=1e-5 * float(alone.max()))
             if method == "guided_backprop":  # no ReLU here: the plain gradient's max |value| over colours
                 assert torch.allclose(alone.double(), expected[i], atol=1e-5 * float(expected[i].max()))

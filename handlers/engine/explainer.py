@@ -274,7 +274,7 @@ class Explainer:
                 targets = [[] if d and not d.explained else t for d, t in zip(decisions, targets, strict=True)]
             return targets
 
-        with one_image_norms(self._norms, len(images)):
+        with one_image_norms(self._norms if method.backpropagates(self.explained) else [], len(images)):
             output = method.run(self.explained, images, resolve, params)
         probabilities = torch.softmax(output.logits.float(), dim=1)
         predicted = zip(probabilities, output.logits.detach(), decisions, strict=True)

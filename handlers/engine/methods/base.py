@@ -185,6 +185,10 @@ class Method(ABC):
         """Whether this method can explain ``model`` at all (listed in its description)."""
         return True
 
+    def backpropagates(self, model: ExplainedModel) -> bool:
+        """Whether ``run`` takes gradients through ``model`` (the one-image norm fix applies: norm_gradients.py)."""
+        return False
+
     def check(self, model: ExplainedModel, params: MethodParams, targets: int) -> None:  # noqa: B027 - optional
         """Raise MethodError when this method can't serve ``params`` with ``targets`` maps per image
         on ``model``: called per request before any pass, so a refusal is that request's alone."""

@@ -103,6 +103,9 @@ class IntegratedGradientsMethod(CaptumMethod):
     passes = "1 forward + `steps` forwards and backwards to the input per target (batched)"
     params = ("steps",)
 
+    def backpropagates(self, model: ExplainedModel) -> bool:
+        return True
+
     def check(self, model: ExplainedModel, params: MethodParams, targets: int) -> None:
         cap = model.limits.max_ig_steps
         if not 1 <= params.steps <= cap:

@@ -68,6 +68,9 @@ class GradientCam(Method):
         on the pool + linear path, where the gradient is the same at every cell)."""
         raise NotImplementedError
 
+    def backpropagates(self, model: ExplainedModel) -> bool:
+        return model.linear_head is None  # the pool + linear path needs no backward
+
     def run(self, model: ExplainedModel, images: torch.Tensor, resolve: Resolver, params: MethodParams) -> MethodOutput:
         if model.linear_head is not None:
             head = model.linear_head

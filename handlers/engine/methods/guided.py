@@ -65,6 +65,9 @@ class GuidedBackprop(Method):
     uses_layer = False
     guided = True
 
+    def backpropagates(self, model: ExplainedModel) -> bool:
+        return True
+
     def run(self, model: ExplainedModel, images: torch.Tensor, resolve: Resolver, params: MethodParams) -> MethodOutput:
         switch = GuideSwitch()
         switch.armed = True
@@ -93,6 +96,9 @@ class GuidedGradCam(Method):
     resolution = "input"
     passes = "1 forward + per target depth 1 input backward (+ 1 head-only backward unless the head is pool + linear)"
     guided = True
+
+    def backpropagates(self, model: ExplainedModel) -> bool:
+        return True
 
     def run(self, model: ExplainedModel, images: torch.Tensor, resolve: Resolver, params: MethodParams) -> MethodOutput:
         switch = GuideSwitch()
