@@ -270,6 +270,36 @@ def test_a_windowed_output_is_no_map_of_the_image():
         Explainer(WindowedTokens().eval(), (32, 32), target_layer="window_proj")
 
 
+class TwoTokenStreams(nn.Module):
+    """Two patch sizes, each a token stream with a class token, as CrossViT's branches (8 x 8 and 4 x 4 here)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fine_patch = nn.Conv2d(3, 8, 4, stride=4)
+        self.coarse_patch = nn.Conv2d(3, 8, 8, stride=8)
+        self.fine_mix = nn.Linear(8, 8)
+        self.coarse_mix = nn.Linear(8, 8)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        patches = [self.fine_patch(x), self.coarse_patch(x)]  # both embeddings first, as CrossViT does
+        streams = []
+        for patch, mix in zip(patches, (self.fine_mix, self.coarse_mix), strict=True):
+            tokens = patch.flatten(2).transpose(1, 2)
+            tokens = mix(torch.cat([tokens.mean(1, keepdim=True), tokens], dim=1))
+            streams.append(tokens.mean(1))
+        return self.head(torch.cat(streams, dim=1))
+
+
+def test_every_token_stream_is_laid_on_its_own_patch_grid():
+    # The fine stream's 65 tokens are its own 8 x 8 grid plus a class token; only the last patch
+    # embedding's grid (4 x 4) used to count, so such a layer was no map and could not be named.
+    explainer = Explainer(TwoTokenStreams().eval(), (32, 32), target_layer="fine_mix")
+    (result,) = explainer.explain(images(1, 32), [Job("gradcam", (1,))])
+    assert tuple(result.explanations[0].values.shape) == (8, 8)
+    assert explainer.explained.layers["coarse_mix"].shape[2:] == (4, 4)
+
+
 def test_swin_is_explained_at_its_last_stage_turned_channels_first(random_model):
     """Swin's stages are N x H x W x C; its final permute back to N x C x H x W comes last, so it is chosen."""
     assert Explainer(random_model("swin_t"), (224, 224)).layer_name == "permute"

@@ -91,15 +91,20 @@ def _token_grid(tokens: int, grid: tuple[int, int], input_size: tuple[int, int])
 
 
 def _layout(
-    shape: tuple[int, ...] | None, input_size: tuple[int, int], grid: tuple[int, int] | None, in_tokens: bool
+    shape: tuple[int, ...] | None,
+    input_size: tuple[int, int],
+    grid: tuple[int, int] | None,
+    in_tokens: bool,
+    earlier_grids: tuple[tuple[int, int], ...] = (),
 ) -> MapLayout | None:
     """The layout of an output of ``shape``, or None when it is no map of the image.
 
     A 4-d output is channels-first when its last two axes have the input's aspect ratio, else
     channels-last when its middle axes do; a 3-d one is tokens when it holds the patch grid
-    (``grid``, from the patch embedding before it) or a grid pooled from it, plus at most
-    MAX_PREFIX_TOKENS others. Once the model works on tokens (``in_tokens``), a 4-d output with
-    more cells than the patch grid is an attention matrix (tokens x tokens), not a map.
+    (``grid``, from the patch embedding before it) or a grid pooled from it, or exactly one of
+    ``earlier_grids`` (a model with several patch embeddings), plus at most MAX_PREFIX_TOKENS
+    others. Once the model works on tokens (``in_tokens``), a 4-d output with more cells than the
+    patch grid is an attention matrix (tokens x tokens), not a map.
     """
     if shape is None:
         return None
@@ -114,21 +119,28 @@ def _layout(
         if found is not None:
             prefix, h, w = found
             return MapLayout("tokens", prefix, (h, w))
+        for earlier in reversed(earlier_grids):  # another token stream's exact patch grid (CrossViT's branches)
+            prefix = shape[1] - earlier[0] * earlier[1]
+            if 0 <= prefix <= MAX_PREFIX_TOKENS:
+                return MapLayout("tokens", prefix, earlier)
     return None
 
 
 def _with_layouts(records: list[LayerRecord], input_size: tuple[int, int], batch: int) -> list[LayerRecord]:
-    """Records with their layouts; the patch grid is the last channels-first map before the first tokens.
+    """Records with their layouts; the patch grid is the last channels-first map before the tokens (the
+    grids before it still count for token streams of exactly their size).
 
     An output whose first axis is not the batch's (windowed attention: windows x tokens x C, as in
     Swin or GC ViT blocks) is no map of the image, whatever its other axes."""
     laid: list[LayerRecord] = []
     grid: tuple[int, int] | None = None
+    earlier: tuple[tuple[int, int], ...] = ()  # the grids before it, for token streams of other patch sizes
     in_tokens = False
     for record in records:
         shape = record.output_shape
-        layout = _layout(shape, input_size, grid, in_tokens) if shape and shape[0] == batch else None
-        if layout is not None and layout.kind == "nchw" and shape is not None:
+        layout = _layout(shape, input_size, grid, in_tokens, earlier) if shape and shape[0] == batch else None
+        if layout is not None and layout.kind == "nchw" and shape is not None and grid != (shape[2], shape[3]):
+            earlier = (*(g for g in earlier if g != grid), grid) if grid is not None else earlier
             grid = (shape[2], shape[3])
         in_tokens = in_tokens or (layout is not None and layout.kind == "tokens")
         laid.append(dataclasses.replace(record, layout=layout))
