@@ -106,6 +106,7 @@ def test_server_and_model(url, model, expected):
         (["--concurrency", "0"], "argument --concurrency: must be at least 1, got 0"),
         (["--top-k", "x"], "argument --top-k: must be a whole number, got 'x'"),
         (["--key-file", "/nonexistent/key_file.json"], "cannot read key file /nonexistent/key_file.json"),
+        (["--format", "tiles"], "--format tiles (a mosaic of channels) is for --method activations, not 'gradcam'"),
     ],
 )
 def test_usage_errors_are_one_line(tmp_path, capsys, argv, expected):

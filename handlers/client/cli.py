@@ -324,6 +324,8 @@ def _explain_all(cli: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if not images:
         cli.error(f"no image files found in {', '.join(map(str, args.paths))}")
     original_alpha = _original_alpha(cli, args)
+    if args.format == "tiles" and args.method != "activations":  # the server would refuse every image
+        cli.error(f"--format tiles (a mosaic of channels) is for --method activations, not {args.method!r}")
     targets, options = split_targets(args.target), method_options(args)
     description = model_description(args, url, model)
     problem = check_request(description, args.method, targets, options)
