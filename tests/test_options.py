@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from handlers.engine import METHODS
 from handlers.serving.errors import RequestError
-from handlers.serving.options import OptionParser
+from handlers.serving.options import OPTIONS, OptionParser
 
 LABELS = ["ok", "scratch", "dent"]
 
@@ -138,3 +140,12 @@ def test_the_memo_stays_bounded_and_right():
     for k in range(600):
         assert options.for_request({}, {"explain_key": f"user-{k}", "method": "none"}).explain_key == f"user-{k}"
     assert len(options._memo) <= 256
+
+
+def test_the_dev_config_lets_a_browser_page_send_every_option_as_a_header():
+    """config.properties' cors_allowed_headers names each option's X-Explain- header (else its preflight fails)."""
+    config = (Path(__file__).resolve().parents[1] / "config.properties").read_text()
+    line = next(line for line in config.splitlines() if line.startswith("cors_allowed_headers="))
+    allowed = {name.strip().lower() for name in line.split("=", 1)[1].split(",")}
+    missing = [name for name in OPTIONS if "x-explain-" + name.replace("_", "-") not in allowed]
+    assert not missing
