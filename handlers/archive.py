@@ -316,8 +316,9 @@ def model_config(args: argparse.Namespace, model: dict[str, Any], input_spec: di
     }
     if args.target_layer:
         section["target_layer"] = args.target_layer
-    if args.torch_threads is not None:
-        section["torch_threads"] = args.torch_threads
+    for key in ("torch_threads", "max_batch_forwards"):  # left out: the worker decides
+        if getattr(args, key) is not None:
+            section[key] = getattr(args, key)
     workers = {"minWorkers": args.workers, "maxWorkers": args.workers} if args.workers else {}
     return {
         **workers,
@@ -330,7 +331,12 @@ def model_config(args: argparse.Namespace, model: dict[str, Any], input_spec: di
 
 def _flag_of(message: str) -> str:
     """The flag behind a config or option error message ('gradcam.max_targets', option 'top_k')."""
-    keys = {**LIMIT_FLAGS, "torch_threads": "--torch-threads", "target_layer": "--target-layer"}
+    keys = {
+        **LIMIT_FLAGS,
+        "torch_threads": "--torch-threads",
+        "max_batch_forwards": "--max-batch-forwards",
+        "target_layer": "--target-layer",
+    }
     for key, flag in keys.items():
         if f"'{CONFIG_KEY}.{key}'" in message:
             return flag
@@ -535,6 +541,12 @@ def _add_common(common: argparse.ArgumentParser) -> None:
         default=120,
         help=f"seconds one batch may take before TorchServe restarts the worker, {RESPONSE_TIMEOUT_S[0]}.."
         f"{RESPONSE_TIMEOUT_S[1]} (default 120)",
+    )
+    common.add_argument(
+        "--max-batch-forwards",
+        type=_whole(1, 10**9),
+        help="forward passes one batch may cost, a backward counted as two; a request that does not fit beside "
+        "its batch-mates gets 503 (default: what the worker measures it runs in half the response timeout)",
     )
     common.add_argument("--target-layer", help="module name to explain (default: discovered)")
     defaults = BUILTIN_DEFAULTS  # the request options' own defaults: one table

@@ -197,6 +197,17 @@ class Explainer:
                 f"got {job.faithfulness.steps}"
             )
 
+    def forward_rows(self, job: Job) -> int:
+        """Forward passes of one image that ``job`` costs at most (a backward counted as two), its method's
+        and its faithfulness measure's: one per map, and the deletion / insertion images (a checked job)."""
+        method = METHODS[job.method]
+        maps = len(job.targets) or job.top_classes
+        rows = method.forward_rows(self.explained, job.params, maps)
+        if job.faithfulness is not None and method.class_specific:
+            steps = job.faithfulness.steps if job.faithfulness.curves else 1
+            rows += max(maps, 1) * (1 + 2 * (steps - 1))
+        return rows
+
     def explain(self, images: torch.Tensor, jobs: Sequence[Job]) -> list[SampleResult]:
         """One forward pass per (method, params) group in the batch, then one for every map whose
         faithfulness is asked for (after the prediction, which it never changes); results in input order."""

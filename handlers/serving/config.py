@@ -31,6 +31,9 @@ LIMIT_DEFAULTS: dict[str, int | float] = {
     "decode_threads": 2,
 }
 
+# Whole numbers >= 1 that may be left out: then the worker decides (ServingConfig's comments).
+_OPTIONAL_WHOLE = ("torch_threads", "max_batch_forwards")
+
 
 def model_builder(yaml_config: Any) -> str | None:
     """The ``gradcam.model.builder`` a model config names, read before (and without) validating the rest,
@@ -74,6 +77,8 @@ class ServingConfig:
     decode_threads: int = int(LIMIT_DEFAULTS["decode_threads"])
     # Torch intra-op threads per worker; None: OMP_NUM_THREADS if set, else 1 (see threads()).
     torch_threads: int | None = None
+    # Forward passes one batch may cost (serving/budget.py); None: measured at load against the response timeout.
+    max_batch_forwards: int | None = None
 
     @classmethod
     def from_yaml(cls, yaml_config: dict[str, Any] | None) -> ServingConfig:
@@ -81,7 +86,7 @@ class ServingConfig:
         section = (yaml_config or {}).get(CONFIG_KEY)
         if not isinstance(section, dict):
             raise ValueError(f"model-config YAML has no '{CONFIG_KEY}:' section (build the MAR with handlers.archive)")
-        unknown = set(section) - {"model", "input", "target_layer", "defaults", "torch_threads", *LIMIT_DEFAULTS}
+        unknown = set(section) - {"model", "input", "target_layer", "defaults", *_OPTIONAL_WHOLE, *LIMIT_DEFAULTS}
         if unknown:
             raise ValueError(f"unknown key(s) in '{CONFIG_KEY}:' section: {', '.join(sorted(unknown))}")
         raw_input = dict(section.get("input") or {})
@@ -95,15 +100,17 @@ class ServingConfig:
         for key in ("mean", "std"):
             if key in raw_input:
                 raw_input[key] = tuple(float(v) for v in raw_input[key])
-        threads = section.get("torch_threads")
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"'{CONFIG_KEY}.torch_threads' must be a whole number >= 1, got {threads!r}")
+        for key in _OPTIONAL_WHOLE:
+            value = section.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"'{CONFIG_KEY}.{key}' must be a whole number >= 1, got {value!r}")
         return cls(
             model=dict(section.get("model") or {}),
             input=InputSpec(**raw_input),
             target_layer=section.get("target_layer"),
             defaults=dict(section.get("defaults") or {}),
-            torch_threads=threads,
+            torch_threads=section.get("torch_threads"),
+            max_batch_forwards=section.get("max_batch_forwards"),
             **{key: _limit(section, key) for key in LIMIT_DEFAULTS},
         )
 

@@ -24,6 +24,7 @@ from ts.torch_handler.base_handler import BaseHandler
 from ..engine import METHODS, Job, MethodError, SampleResult
 from ..memory import reuse_freed_buffers
 from ..preprocess import Preprocessor
+from .budget import DEFAULT_RESPONSE_TIMEOUT_S, PROBE_ROWS, admitted, measured_budget
 from .config import LIMIT_DEFAULTS, model_builder
 from .decode import DecodeLimits, decode
 from .dependencies import MissingPackagesHandler, missing_packages
@@ -49,6 +50,7 @@ class Prepared:
     options: RequestOptions
     job: Job
     geometry: dict[str, Any]  # the answer's ``geometry``: original size and the box the model saw
+    forward_rows: int  # forward passes its image costs (Explainer.forward_rows), against the batch's budget
 
 
 Outcome = SampleResult | RequestError
@@ -105,6 +107,21 @@ def _too_large(size: int, limit: int, options: RequestOptions) -> RequestError:
     )
 
 
+def _over_budget(rows: int, budget: int) -> str:
+    return (
+        f"this request needs {rows} forward passes per image (its method, targets and faithfulness steps); this "
+        f"model runs at most {budget} per batch within its response timeout (max_batch_forwards): ask for fewer "
+        "targets or steps, or a larger occlusion window or stride"
+    )
+
+
+def _batch_full(budget: int) -> str:
+    return (
+        f"this request's explanation does not fit beside the rest of its batch in the model's budget of {budget} "
+        "forward passes per batch (max_batch_forwards, sized to its response timeout): retry"
+    )
+
+
 class GradCamHandler(BaseHandler):
     """Image classification with Grad-CAM / Guided Grad-CAM attached to every prediction."""
 
@@ -145,6 +162,10 @@ class GradCamHandler(BaseHandler):
         # Images per engine call: KServe requests carry up to 64 images each, so a batch may hold far more
         # images than requests; the engine never takes more at once than a batch of plain requests.
         self.engine_batch = max(1, int(properties.get("batch_size") or 1))
+        timeout = float((context.model_yaml_config or {}).get("responseTimeout") or DEFAULT_RESPONSE_TIMEOUT_S)
+        self.batch_budget = self.config.max_batch_forwards or measured_budget(
+            self.explainer, min(self.engine_batch, PROBE_ROWS), timeout
+        )
         self.preprocessor = Preprocessor(self.config.input)
         self.decode_size = self.preprocessor.decode_size()
         self.decode_limits = DecodeLimits(self.config.max_jpeg_scans, self.config.decode_timeout_s)
@@ -178,12 +199,15 @@ class GradCamHandler(BaseHandler):
             self.explainer.check(job)  # refused here, the request is alone in failing
         except MethodError as error:
             raise RequestError(400, str(error), "option") from None
+        rows = self.explainer.forward_rows(job)
+        if rows > self.batch_budget:
+            raise RequestError(400, _over_budget(rows, self.batch_budget), "option")
         decoded = decode(
             payload.image, self.config.max_image_pixels, reduce_to=self.decode_size, limits=self.decode_limits
         )
         picture = self.preprocessor.view(decoded.image)
         placed = geometry(decoded.original_size, self.preprocessor.box(decoded.original_size))
-        return Prepared(picture, options, job, placed)
+        return Prepared(picture, options, job, placed, rows)
 
     def preprocess(self, data: list[dict[str, Any]]) -> list[Prepared | RequestError]:
         """Read and decode each request on its own; anything it raises becomes its own answer.
@@ -215,12 +239,23 @@ class GradCamHandler(BaseHandler):
             )
         return results
 
+    def _within_budget(self, prepared: list[Prepared | RequestError]) -> list[Prepared | RequestError]:
+        """The batch with each request that no longer fits in the batch's budget of forward passes
+        answered 503 instead (budget.py): the rest of the batch is explained, the worker stays alive."""
+        costs = [item.forward_rows for item in prepared if isinstance(item, Prepared)]
+        if sum(costs) <= self.batch_budget:  # the usual case
+            return prepared
+        fits = iter(admitted(costs, self.batch_budget))
+        busy = RequestError(503, _batch_full(self.batch_budget), "batch_budget")
+        return [item if not isinstance(item, Prepared) or next(fits) else busy for item in prepared]
+
     def inference(self, prepared: list[Prepared | RequestError]) -> list[Outcome]:
         """One engine call for every request that decoded (one forward per method).
 
         Should that call fail, each request is explained alone, so only the one that
         fails gets an error.
         """
+        prepared = self._within_budget(prepared)
         valid = [item for item in prepared if isinstance(item, Prepared)]
         methods = Counter(p.options.method for p in valid)  # one line per batch: how requests were batched
         logger.info("batch of %d: %s, %d refused", len(prepared), dict(methods), len(prepared) - len(valid))
@@ -291,6 +326,7 @@ class GradCamHandler(BaseHandler):
             for name in explainer.methods
         ]
         limits = {key: getattr(self.config, key) for key in LIMIT_DEFAULTS}
+        limits["max_batch_forwards"] = self.batch_budget
         return {
             "model": self.context.model_name,
             "input_size": list(explainer.input_size),

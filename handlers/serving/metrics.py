@@ -43,6 +43,7 @@ REASONS = (
     "out_of_memory",  # 507
     "internal_error",  # this request failed in the engine or renderer (500)
     "missing_package",  # the worker lacks a package this model needs (503)
+    "batch_budget",  # no room left in the batch's budget of forward passes (503: retry)
     "other",
 )
 _REASON_OF_STATUS = {

@@ -189,6 +189,11 @@ class Method(ABC):
         """Whether ``run`` takes gradients through ``model`` (the one-image norm fix applies: norm_gradients.py)."""
         return False
 
+    def forward_rows(self, model: ExplainedModel, params: MethodParams, targets: int) -> int:
+        """Forward passes of one image that ``run`` costs for ``targets`` maps, a backward counted as two:
+        what a batch's time budget adds up (handlers/serving/budget.py)."""
+        return 1 + 2 * max(targets, 1) if self.backpropagates(model) else 1
+
     def check(self, model: ExplainedModel, params: MethodParams, targets: int) -> None:  # noqa: B027 - optional
         """Raise MethodError when this method can't serve ``params`` with ``targets`` maps per image
         on ``model``: called per request before any pass, so a refusal is that request's alone."""

@@ -78,6 +78,9 @@ class OcclusionSensitivity(CaptumMethod):
                 "ask for a larger window or stride, or fewer targets"
             )
 
+    def forward_rows(self, model: ExplainedModel, params: MethodParams, targets: int) -> int:
+        return 1 + occlusion_geometry(model.input_size, params)[2] * max(targets, 1)
+
     def attribute(
         self, model: nn.Module, inputs: torch.Tensor, targets: list[int], params: MethodParams
     ) -> torch.Tensor:
@@ -110,6 +113,9 @@ class IntegratedGradientsMethod(CaptumMethod):
         cap = model.limits.max_ig_steps
         if not 1 <= params.steps <= cap:
             raise MethodError(f"option 'steps' must be from 1 to {cap} (max_ig_steps), got {params.steps}")
+
+    def forward_rows(self, model: ExplainedModel, params: MethodParams, targets: int) -> int:
+        return 1 + 3 * params.steps * max(targets, 1)  # each step a forward and a backward to the input
 
     def attribute(
         self, model: nn.Module, inputs: torch.Tensor, targets: list[int], params: MethodParams

@@ -1,0 +1,67 @@
+"""How many forward passes one batch may cost, so that no batch outlasts TorchServe's response timeout.
+
+Each request's own caps (occlusion forwards, integrated-gradients steps, faithfulness steps) bound
+one image; a batch of requests each at its cap, on a large model, could still take longer than the
+response timeout, after which TorchServe kills the worker and fails the whole batch. So a batch
+has a budget of forward passes (a backward counted as two, ``Explainer.forward_rows``): by default
+what the worker measures it can run in ``TIME_SHARE`` of the model's response timeout. A request
+that alone needs more is refused with 400; one that no longer fits beside its batch-mates gets 503
+(retry): the others are answered.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from ..engine import Explainer
+
+logger = logging.getLogger(__name__)
+
+TIME_SHARE = 0.5  # of the response timeout for the passes: decoding, encoding and a slow moment get the rest
+DEFAULT_RESPONSE_TIMEOUT_S = 120  # TorchServe's default for a model whose config sets none
+PROBE_ROWS = 8  # the batch measured: the worker's batch size, at most this (a big model's probe stays short)
+_TIMED_CALLS = 3  # the best of these plain forwards (after one to warm up) sets the seconds per image
+
+
+def seconds_per_row(explainer: Explainer, rows: int) -> float:
+    """Seconds one image's plain forward takes in a batch of ``rows``, as measured now (best of a few)."""
+    images = torch.rand((rows, 3, *explainer.input_size), generator=torch.Generator().manual_seed(0))
+    images = images.to(explainer.device)
+    best = float("inf")
+    with torch.inference_mode():
+        for call in range(_TIMED_CALLS + 1):
+            start = time.perf_counter()
+            explainer.model(images)
+            if images.is_cuda:
+                torch.cuda.synchronize(images.device)
+            if call:
+                best = min(best, time.perf_counter() - start)
+    return best / rows
+
+
+def measured_budget(explainer: Explainer, rows: int, response_timeout_s: float) -> int:
+    """Forward passes a batch may cost: as many as fit in ``TIME_SHARE`` of the response timeout."""
+    per_row = seconds_per_row(explainer, rows)
+    budget = max(1, int(TIME_SHARE * response_timeout_s / per_row))
+    logger.info(
+        "batch budget: %d forward passes (%.2f ms per image, %g%% of a %g s response timeout)",
+        budget,
+        per_row * 1e3,
+        TIME_SHARE * 100,
+        response_timeout_s,
+    )
+    return budget
+
+
+def admitted(costs: list[int], budget: int) -> list[bool]:
+    """Which requests of a batch run, in arrival order: each one that still fits in what is left of
+    ``budget`` (a cheap request after a refused heavy one still runs)."""
+    left, result = budget, []
+    for cost in costs:
+        result.append(cost <= left)
+        if cost <= left:
+            left -= cost
+    return result
