@@ -35,8 +35,8 @@ def test_forward_rows_count_each_pass_of_a_method_and_its_faithfulness(tight):
     windows = occlusion_geometry(explainer.input_size, occlusion)[2]
     assert windows == 15 * 15
     assert explainer.forward_rows(Job("occlusion", params=occlusion)) == 1 + windows
-    assert explainer.forward_rows(Job("occlusion", [0, 2], params=occlusion)) == 1 + 2 * windows
-    assert explainer.forward_rows(Job("integrated_gradients", [1], params=MethodParams(steps=8))) == 1 + 3 * 8
+    assert explainer.forward_rows(Job("occlusion", (0, 2), params=occlusion)) == 1 + 2 * windows
+    assert explainer.forward_rows(Job("integrated_gradients", (1,), params=MethodParams(steps=8))) == 1 + 3 * 8
     assert explainer.forward_rows(Job("guided_backprop", top_classes=2)) == 1 + 2 * 2  # a backward per target
     assert explainer.forward_rows(Job("eigencam")) == 1
     full = FaithfulnessParams(curves=True, steps=4)
