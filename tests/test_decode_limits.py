@@ -17,7 +17,7 @@ from handlers.inspection.synthetic import INPUT_SPEC
 from handlers.preprocess import InputSpec, Preprocessor
 from handlers.serving import decode
 from handlers.serving.config import LIMIT_DEFAULTS
-from handlers.serving.decode import DecodeLimits, count_jpeg_scans, decode_image
+from handlers.serving.decode import DecodeLimits, SharedDeadline, count_jpeg_scans, decode_image
 from handlers.serving.errors import RequestError
 
 MAX_PIXELS = 40_000_000
@@ -126,6 +126,20 @@ def test_deadline_stops_a_decode_that_runs_too_long():
     error = refusal(bomb, limits=DecodeLimits(max_jpeg_scans=10**6, timeout_s=0.3))
     assert error.status == 422 and "0.3 s decode limit" in error.message
     assert time.perf_counter() - started < 3.0
+
+
+def test_a_shared_deadline_stops_an_image_within_its_own_limit_with_503():
+    """The images of one KServe request share a decode deadline: past it, 503 (retry), not 422."""
+    bomb = scan_bomb(2000, 2000, 30_000)
+    started = time.perf_counter()
+    limits = DecodeLimits(max_jpeg_scans=10**6, timeout_s=30.0, shared=SharedDeadline(0.3))
+    error = refusal(bomb, limits=limits)
+    assert error.status == 503 and "took longer than 0.3 s to decode together" in error.message
+    assert time.perf_counter() - started < 3.0
+    error = refusal(encode(rgb(64, 64), "PNG"), limits=limits)  # the request's next image: its time is spent
+    assert error.status == 503 and "fewer or smaller images per request" in error.message
+    decoded = decode_image(encode(rgb(64, 64), "PNG"), MAX_PIXELS, limits=DecodeLimits(shared=SharedDeadline(80.0)))
+    assert decoded.size == (64, 64)
 
 
 # --- Colour: the same 8-bit RGB as before, in small types ------------------------------------

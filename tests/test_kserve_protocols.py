@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 from ts.torch_handler.request_envelope.kserve import KServeEnvelope
 
+from decode_bombs import scan_bomb
 from handlers.serving import kserve
+from handlers.serving.decode import DecodeLimits
 from handlers.serving.handler import GradCamHandler
 from handlers.serving.kserve import unfold
 from handlers.testing.fakes import load_context, run_batch, unpack_mar, with_requests
@@ -165,3 +167,22 @@ def test_torchserves_envelope_in_front_is_named_in_the_log(handler, caplog, monk
         run_batch(handler, [{"body": {"instances": [b64(1)]}}])  # called by TorchServe directly: no warning
     (record,) = [r for r in caplog.records if "service envelope is on" in r.getMessage()]
     assert "enable_envvars_config" in record.getMessage()
+
+
+def test_the_images_of_one_kserve_request_share_a_batchs_decode_time(handler, monkeypatch):
+    """Each image has the decode limit, but a request of many slow images gets no more than a batch of plain
+    requests would (batchSize x the limit): the rest get 503, and the batch's plain requests are answered."""
+    monkeypatch.setattr(handler, "decode_limits", DecodeLimits(max_jpeg_scans=10**6, timeout_s=0.2))
+    bomb = base64.b64encode(scan_bomb(1000, 1000, 30_000)).decode()  # each one stopped at its 0.2 s
+    count = 3 * handler.engine_batch  # decoded two at a time: 1.5 x the request's shared time if let run
+    rows: list[dict[str, Any]] = [{"body": {"instances": [bomb] * count}}, {"body": bytearray(image_bytes(4))}]
+    real = with_requests(handler.context, [{}, {}])
+    batch = unfold(rows, real)
+    handler.context = batch.context  # as handle() sets it for the unfolded rows
+    try:
+        prepared = handler.preprocess(batch.rows)
+    finally:
+        handler.context = real
+    statuses = [getattr(item, "status", 200) for item in prepared]
+    assert statuses[0] == 422 and statuses[-2] == 503 and set(statuses[:-1]) <= {422, 503}  # the request's
+    assert "to decode together" in prepared[-2].message and statuses[-1] == 200  # the plain batch-mate

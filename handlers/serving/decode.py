@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import re
 import time
 import warnings
@@ -79,10 +80,27 @@ def _limit_default(key: str) -> int | float:
 
 @dataclass(frozen=True)
 class DecodeLimits:
-    """CPU bounds for one image: JPEG scans allowed, and seconds before decoding is abandoned."""
+    """CPU bounds for one image: JPEG scans allowed, seconds before decoding is abandoned, and the deadline
+    it shares with the other images of its request, if any (``SharedDeadline``)."""
 
     max_jpeg_scans: int = field(default_factory=lambda: int(_limit_default("max_jpeg_scans")))
     timeout_s: float = field(default_factory=lambda: float(_limit_default("decode_timeout_s")))
+    shared: SharedDeadline | None = None
+
+
+class SharedDeadline:
+    """One decode deadline for the images of one request (KServe's carry up to 64): ``seconds`` from when
+    the first of them starts decoding, so many images take no longer together than a batch of plain requests."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end: float | None = None
+
+    def begin(self) -> float:
+        """The deadline (time.monotonic()), started by the first image that asks."""
+        if self.end is None:
+            self.end = time.monotonic() + self.seconds
+        return self.end
 
 
 class _DeadlineReader(io.BytesIO):
@@ -100,10 +118,21 @@ class _DeadlineReader(io.BytesIO):
         super().__init__(data)
         self.limits = limits
         self.deadline = time.monotonic() + limits.timeout_s
+        self.shared_end = limits.shared.begin() if limits.shared is not None else math.inf
 
     def check(self) -> None:
-        """Raise a 422 once the deadline has passed."""
-        if time.monotonic() > self.deadline:
+        """Raise a 422 once the image's deadline has passed, a 503 once its request's shared one has."""
+        now = time.monotonic()
+        if now > self.shared_end:
+            assert self.limits.shared is not None
+            raise RequestError(
+                503,
+                f"the images of this request took longer than {self.limits.shared.seconds:g} s to decode together "
+                "(the model's batchSize x its decode limit) and this one was abandoned: send fewer or smaller "
+                "images per request",
+                "decode_limit",
+            )
+        if now > self.deadline:
             raise RequestError(
                 422,
                 f"image took longer than the {self.limits.timeout_s:g} s decode limit and was abandoned",

@@ -14,7 +14,7 @@ import os
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -26,10 +26,10 @@ from ..memory import reuse_freed_buffers
 from ..preprocess import Preprocessor
 from .budget import DEFAULT_RESPONSE_TIMEOUT_S, PROBE_ROWS, admitted, measured_budget
 from .config import LIMIT_DEFAULTS, model_builder
-from .decode import DecodeLimits, decode
+from .decode import DecodeLimits, SharedDeadline, decode
 from .dependencies import MissingPackagesHandler, missing_packages
 from .errors import RequestError
-from .kserve import unfold
+from .kserve import owner_of, unfold
 from .loading import load_served_model
 from .metrics import ServingMetrics
 from .options import FORMATS, RequestOptions
@@ -183,7 +183,9 @@ class GradCamHandler(BaseHandler):
             "CAM (pool + linear head)" if self.explainer.uses_cam_fast_path else "autograd",
         )
 
-    def _prepare(self, row: dict[str, Any], headers: dict[str, Any], request_id: str = "") -> Prepared:
+    def _prepare(
+        self, row: dict[str, Any], headers: dict[str, Any], request_id: str = "", limits: DecodeLimits | None = None
+    ) -> Prepared:
         payload = extract_payload(row, str(headers.get("content-type", "")))
         options = self.option_parser.for_request(headers, payload.fields, explain=headers.get("explain") == "True")
         job = Job(
@@ -203,7 +205,7 @@ class GradCamHandler(BaseHandler):
         if rows > self.batch_budget:
             raise RequestError(400, _over_budget(rows, self.batch_budget), "option")
         decoded = decode(
-            payload.image, self.config.max_image_pixels, reduce_to=self.decode_size, limits=self.decode_limits
+            payload.image, self.config.max_image_pixels, reduce_to=self.decode_size, limits=limits or self.decode_limits
         )
         picture = self.preprocessor.view(decoded.image)
         placed = geometry(decoded.original_size, self.preprocessor.box(decoded.original_size))
@@ -215,15 +217,25 @@ class GradCamHandler(BaseHandler):
         With two or more large uploads in the batch (camera pictures), ``decode_threads`` of them
         are decoded at a time; small ones are not worth a thread's hand-over.
         """
+        owners = [owner_of(self.context, idx) for idx in range(len(data))]
+        timeout = self.decode_limits.timeout_s
+        shared = {  # a KServe request's images: together no longer than a batch of plain requests
+            owner: replace(self.decode_limits, shared=SharedDeadline(min(count, self.engine_batch) * timeout))
+            for owner, count in Counter(owners).items()
+            if count > 1
+        }
         rows = [
-            (row, _headers(self.context, idx), self.context.get_request_id(idx) or "") for idx, row in enumerate(data)
+            (row, _headers(self.context, idx), self.context.get_request_id(idx) or "", shared.get(owner))
+            for idx, (row, owner) in enumerate(zip(data, owners, strict=True))
         ]
         large = sum(_upload_bytes(row) >= PARALLEL_DECODE_BYTES for row in data)
         if self.decode_pool is not None and large > 1:
             return list(self.decode_pool.map(self._prepare_or_refuse, rows))
         return [self._prepare_or_refuse(args) for args in rows]
 
-    def _prepare_or_refuse(self, args: tuple[dict[str, Any], dict[str, Any], str]) -> Prepared | RequestError:
+    def _prepare_or_refuse(
+        self, args: tuple[dict[str, Any], dict[str, Any], str, DecodeLimits | None]
+    ) -> Prepared | RequestError:
         try:
             return self._prepare(*args)
         except Exception as error:  # noqa: BLE001 - one request's failure must not fail its batch

@@ -174,6 +174,10 @@ class ProxyContext:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
 
+    def owner(self, idx: int) -> int:
+        """The real request of unfolded row ``idx``."""
+        return self._owners[idx]
+
     def get_all_request_header(self, idx: int) -> dict[str, Any]:
         return self._context.get_all_request_header(self._owners[idx])
 
@@ -188,6 +192,11 @@ class ProxyContext:
 
     def set_response_content_type(self, idx: int, value: str) -> None:
         """Every folded answer is JSON: the fold sets it on the real request."""
+
+
+def owner_of(context: Any, idx: int) -> int:
+    """The index of the request row ``idx`` of a batch came from: itself unless a KServe request was unfolded."""
+    return context.owner(idx) if isinstance(context, ProxyContext) else idx
 
 
 @dataclass
