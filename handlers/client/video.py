@@ -282,7 +282,8 @@ class VideoExplainer:
         """Send one frame, draw its first map over it; a request that fails becomes the record's ``error``.
 
         Only the request counts against ``concurrency``: encoding before it and drawing after it leave the
-        server's next frame free to go. ServerUnreachable is raised: every later frame would fail the same way.
+        server's next frame free to go. ServerUnreachable and a 400 (a bad option: the frames themselves are
+        valid JPEGs) are raised: every later frame would fail the same way.
         """
         try:
             data = encode_frame(sent_picture(decoded, self.reduction or 1), self.settings.frame_format)
@@ -301,6 +302,8 @@ class VideoExplainer:
         except ServerUnreachable:
             raise
         except ApiError as error:
+            if error.status == 400:  # the request's options or answer, not this frame (a valid JPEG): all would fail
+                raise ApiError(f"{error.args[0]} (refused for this frame, so for every frame: stopped)", 400) from None
             return Outcome({"frame": index, "time": round(time, 4), "error": str(error)})
         except (KeyError, IndexError, TypeError, ValueError) as error:
             message = f"unexpected answer from the server ({type(error).__name__}: {error})"

@@ -167,6 +167,29 @@ def test_a_failed_frame_is_reported_and_left_out(server, footage, tmp_path):
     assert len(decoded(out)[0]) == FRAMES - 1
 
 
+class Counted(ExplainClient):
+    """The real client, counting the frames it sends."""
+
+    sent = 0
+
+    def explain_raw(self, image: bytes, fields: dict[str, str]) -> dict:
+        self.sent += 1
+        return super().explain_raw(image, fields)
+
+
+def test_a_bad_option_stops_the_run_instead_of_failing_every_frame(server, footage, tmp_path):
+    _, video = footage
+    client = Counted(server.url(), "inspection")
+    request = Request(method="activations", format="grid", options={"channel": "500"})
+    with (tmp_path / "bad.jsonl").open("w") as lines, pytest.raises(ApiError) as refused:
+        VideoExplainer(client, VideoSettings(request, concurrency=4)).run(
+            video, tmp_path / "bad.mp4", lines, lambda *_: None
+        )
+    client.close()
+    assert refused.value.status == 400 and "channel" in str(refused.value) and "stopped" in str(refused.value)
+    assert client.sent < FRAMES  # the frames already in flight, not the whole video
+
+
 class SentSizes(ExplainClient):
     """The real client, recording the size of every frame it sends."""
 
