@@ -80,6 +80,6 @@ def test_the_default_budget_is_measured_against_the_response_timeout(tmp_path):
         handler = GradCamHandler()
         handler.initialize(custom_context(tmp_path, "--response-timeout", timeout, unpack_to=f"model{timeout}"))
         budgets[timeout] = handler.description()["limits"]["max_batch_forwards"]
-        per_row = seconds_per_row(handler.explainer, 1)
+        per_row = seconds_per_row(handler.explainer)
         assert 0 < per_row < 2  # a forward of the 32 px tiny net: well under a second
     assert budgets["120"] > 10 * budgets["2"] >= 10  # half of 2 s still fits many forwards of the tiny net

@@ -22,29 +22,30 @@ logger = logging.getLogger(__name__)
 
 TIME_SHARE = 0.5  # of the response timeout for the passes: decoding, encoding and a slow moment get the rest
 DEFAULT_RESPONSE_TIMEOUT_S = 120  # TorchServe's default for a model whose config sets none
-PROBE_ROWS = 8  # the batch measured: the worker's batch size, at most this (a big model's probe stays short)
-_TIMED_CALLS = 3  # the best of these plain forwards (after one to warm up) sets the seconds per image
+# One image at a time, the best of two forwards: the explainer's load-time probes already ran the model on
+# one image (no warm-up needed), a large model's load stays short (ViT-L: ~1 s more), and an image alone
+# costs more than its share of a batch, so the budget errs on the safe side.
+_TIMED_CALLS = 2
 
 
-def seconds_per_row(explainer: Explainer, rows: int) -> float:
-    """Seconds one image's plain forward takes in a batch of ``rows``, as measured now (best of a few)."""
-    images = torch.rand((rows, 3, *explainer.input_size), generator=torch.Generator().manual_seed(0))
-    images = images.to(explainer.device)
+def seconds_per_row(explainer: Explainer) -> float:
+    """Seconds a plain forward of one image takes, as measured now (best of ``_TIMED_CALLS``)."""
+    image = torch.rand((1, 3, *explainer.input_size), generator=torch.Generator().manual_seed(0))
+    image = image.to(explainer.device)
     best = float("inf")
     with torch.inference_mode():
-        for call in range(_TIMED_CALLS + 1):
+        for _ in range(_TIMED_CALLS):
             start = time.perf_counter()
-            explainer.model(images)
-            if images.is_cuda:
-                torch.cuda.synchronize(images.device)
-            if call:
-                best = min(best, time.perf_counter() - start)
-    return best / rows
+            explainer.model(image)
+            if image.is_cuda:
+                torch.cuda.synchronize(image.device)
+            best = min(best, time.perf_counter() - start)
+    return best
 
 
-def measured_budget(explainer: Explainer, rows: int, response_timeout_s: float) -> int:
+def measured_budget(explainer: Explainer, response_timeout_s: float) -> int:
     """Forward passes a batch may cost: as many as fit in ``TIME_SHARE`` of the response timeout."""
-    per_row = seconds_per_row(explainer, rows)
+    per_row = seconds_per_row(explainer)
     budget = max(1, int(TIME_SHARE * response_timeout_s / per_row))
     logger.info(
         "batch budget: %d forward passes (%.2f ms per image, %g%% of a %g s response timeout)",

@@ -24,7 +24,7 @@ from ts.torch_handler.base_handler import BaseHandler
 from ..engine import METHODS, Job, MethodError, SampleResult
 from ..memory import reuse_freed_buffers
 from ..preprocess import Preprocessor
-from .budget import DEFAULT_RESPONSE_TIMEOUT_S, PROBE_ROWS, admitted, measured_budget
+from .budget import DEFAULT_RESPONSE_TIMEOUT_S, admitted, measured_budget
 from .config import LIMIT_DEFAULTS, model_builder
 from .decode import DecodeLimits, SharedDeadline, decode
 from .dependencies import MissingPackagesHandler, missing_packages
@@ -163,9 +163,7 @@ class GradCamHandler(BaseHandler):
         # images than requests; the engine never takes more at once than a batch of plain requests.
         self.engine_batch = max(1, int(properties.get("batch_size") or 1))
         timeout = float((context.model_yaml_config or {}).get("responseTimeout") or DEFAULT_RESPONSE_TIMEOUT_S)
-        self.batch_budget = self.config.max_batch_forwards or measured_budget(
-            self.explainer, min(self.engine_batch, PROBE_ROWS), timeout
-        )
+        self.batch_budget = self.config.max_batch_forwards or measured_budget(self.explainer, timeout)
         self.preprocessor = Preprocessor(self.config.input)
         self.decode_size = self.preprocessor.decode_size()
         self.decode_limits = DecodeLimits(self.config.max_jpeg_scans, self.config.decode_timeout_s)
