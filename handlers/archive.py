@@ -235,9 +235,15 @@ def _timm_input(args: argparse.Namespace, kwargs: dict[str, Any], pretrained_cfg
         "resize": [scale, scale] if mode == "squash" and not args.resize else scale,
         "crop": size,
         "interpolation": interpolation,
-        "mean": list(args.mean or config["mean"]),
-        "std": list(args.std or config["std"]),
+        "mean": list(args.mean or _channels_of(config["mean"], kwargs)),
+        "std": list(args.std or _channels_of(config["std"], kwargs)),
     }
+
+
+def _channels_of(values: Any, kwargs: dict[str, Any]) -> list[float]:
+    """timm's per-channel ``values`` (RGB) for a model built with ``in_chans=1``: their mean, one value."""
+    values = [float(value) for value in values]
+    return [sum(values) / len(values)] if kwargs.get("in_chans") == 1 and len(values) == 3 else values
 
 
 def _timm(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], list[str], Path, list[Path]]:
@@ -402,10 +408,14 @@ def check_model(plan: Plan, stage: Path) -> Explainer:
     except RuntimeError as error:
         if isinstance(error, ModelLoadError):
             raise
+        channels = serving.input.channels
+        hint = ""
+        if "channels" in str(error):  # the model's first layer takes another number of channels
+            hint = " (a grayscale model takes 1 channel: give --mean and --std one value each)" if channels == 3 else ""
         raise ModelLoadError(
-            f"the model fails on a 1x3x{serving.input.size[0]}x{serving.input.size[1]} input: {error}"
+            f"the model fails on a 1x{channels}x{serving.input.size[0]}x{serving.input.size[1]} input: {error}{hint}"
         ) from None
-    images = torch.rand((2, 3, *serving.input.size), generator=torch.Generator().manual_seed(0))
+    images = torch.rand((2, serving.input.channels, *serving.input.size), generator=torch.Generator().manual_seed(0))
     explainer.explain(images, [Job("gradcam"), Job("guided_gradcam")])
     return explainer
 
@@ -634,9 +644,16 @@ def parser() -> argparse.ArgumentParser:
     custom.add_argument(
         "--resize", type=_whole(*INPUT_SIDE), help="resize the shorter side to this, then centre-crop --input-size"
     )
-    custom.add_argument("--mean", type=float, nargs=3, default=list(_spec_default("mean")), help="(default ImageNet)")
+    per_channel = "3 values (RGB), or 1 for a grayscale model, which then sees the image's luminance"
     custom.add_argument(
-        "--std", type=_positive_float, nargs=3, default=list(_spec_default("std")), help="(default ImageNet)"
+        "--mean", type=float, nargs="+", default=list(_spec_default("mean")), help=f"{per_channel} (default ImageNet)"
+    )
+    custom.add_argument(
+        "--std",
+        type=_positive_float,
+        nargs="+",
+        default=list(_spec_default("std")),
+        help=f"{per_channel} (default ImageNet)",
     )
     _add_timm(kinds, common)
     return main
@@ -662,8 +679,8 @@ def _add_timm(kinds: Any, common: argparse.ArgumentParser) -> None:
         "--resize", type=_whole(*INPUT_SIDE), help=f"shorter side before the centre crop, {overrides}: size / crop_pct"
     )
     timm.add_argument("--interpolation", choices=INTERPOLATIONS, help=overrides)
-    timm.add_argument("--mean", type=float, nargs=3, help=overrides)
-    timm.add_argument("--std", type=_positive_float, nargs=3, help=overrides)
+    timm.add_argument("--mean", type=float, nargs="+", help=f"3 values, 1 with in_chans=1 {overrides}")
+    timm.add_argument("--std", type=_positive_float, nargs="+", help=f"3 values, 1 with in_chans=1 {overrides}")
 
 
 def _failed(error: BaseException) -> str:

@@ -19,20 +19,31 @@ class InputSpec:
     """How an image becomes the model's input tensor.
 
     ``resize``: an int resizes the shorter side (aspect kept), [h, w] resizes exactly;
-    ``crop``: optional centre crop side after resizing.
+    ``crop``: optional centre crop side after resizing; ``mean``/``std``: one value per input
+    channel, three for RGB models, one for grayscale ones (which see the image's luminance).
     """
 
     resize: int | tuple[int, int]
     crop: int | None = None
     interpolation: str = "bilinear"
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
 
     def __post_init__(self) -> None:
         if isinstance(self.resize, int) and self.crop is None:
             raise ValueError("input.resize as a single int needs input.crop to fix the input size")
         if self.interpolation not in ("nearest", "bilinear", "bicubic"):
             raise ValueError(f"input.interpolation {self.interpolation!r} is not nearest, bilinear or bicubic")
+        if len(self.mean) not in (1, 3) or len(self.std) != len(self.mean):
+            raise ValueError(
+                f"input.mean and input.std need one value per channel, 3 (RGB) or 1 (grayscale), "
+                f"got {len(self.mean)} and {len(self.std)}"
+            )
+
+    @property
+    def channels(self) -> int:
+        """Input channels of the model: 3 (RGB) or 1 (grayscale: the image's luminance)."""
+        return len(self.mean)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -78,8 +89,9 @@ class Preprocessor:
         self.resample = _RESAMPLE[spec.interpolation]
         # (x / 255 - mean) / std as one multiply-add per value: x * scale + shift, per channel.
         std = torch.tensor(spec.std, dtype=torch.float64)
-        self._scale = (1.0 / (255.0 * std)).float().view(3, 1, 1)
-        self._shift = (-torch.tensor(spec.mean, dtype=torch.float64) / std).float().view(3, 1, 1)
+        self._scale = (1.0 / (255.0 * std)).float().view(-1, 1, 1)
+        self._shift = (-torch.tensor(spec.mean, dtype=torch.float64) / std).float().view(-1, 1, 1)
+        self._mode = "RGB" if spec.channels == 3 else "L"  # L: PIL's ITU-R 601-2 luminance
 
     def decode_size(self) -> tuple[int, int]:
         """Smallest (width, height) an image may be decoded at without changing what the model sees.
@@ -152,18 +164,20 @@ class Preprocessor:
         )
 
     def tensor(self, view: Image.Image) -> torch.Tensor:
-        """Normalised 3 x H x W float tensor of a view."""
+        """Normalised C x H x W float tensor of a view (C: the spec's channels)."""
         return self.batch([view])[0]
 
     def batch(self, views: list[Image.Image]) -> torch.Tensor:
-        """Normalised N x 3 x H x W float tensor of views of one size, the whole batch at once.
+        """Normalised N x C x H x W float tensor of views of one size, the whole batch at once.
 
         The 8-bit pixels are stacked, converted to float into the channel-first batch in one
         copy, then scaled and shifted in place: the values of ``normalize(to_tensor(view))`` per
         view within float rounding (about 1e-6), without a float tensor per view, nor a stack of them.
         """
-        rgb = [view if view.mode == "RGB" else view.convert("RGB") for view in views]
-        pixels = torch.from_numpy(np.stack([np.asarray(view) for view in rgb]))
-        batch = torch.empty((len(views), 3, *pixels.shape[1:3]), dtype=torch.float32)
+        converted = [view if view.mode == self._mode else view.convert(self._mode) for view in views]
+        pixels = torch.from_numpy(np.stack([np.asarray(view) for view in converted]))
+        if pixels.dim() == 3:  # L: one channel
+            pixels = pixels.unsqueeze(3)
+        batch = torch.empty((len(views), pixels.shape[3], *pixels.shape[1:3]), dtype=torch.float32)
         batch.copy_(pixels.permute(0, 3, 1, 2))
         return batch.mul_(self._scale).add_(self._shift)

@@ -18,7 +18,7 @@ from PIL import Image
 from handlers.serving.handler import GradCamHandler
 from handlers.testing.fakes import load_context, run_batch, unpack_mar
 from handlers.testing.images import image_bytes
-from handlers.testing.mars import LABELS, SIDE, build_custom_mar, custom_context
+from handlers.testing.mars import LABELS, SIDE, TINY_NET, build_custom_mar, custom_context
 
 
 @pytest.fixture(scope="module")
@@ -239,3 +239,29 @@ def test_large_uploads_of_a_batch_are_decoded_on_threads_with_the_same_answers(t
     statuses, bodies = answers[2]
     assert statuses == [200, 200, 200, 422, 200]
     assert bodies[2]["explanations"][0]["target"]["label"] == "bird"
+
+
+GRAY_NET = TINY_NET.replace("nn.Conv2d(3, 8", "nn.Conv2d(1, 8")
+
+
+def test_a_grayscale_model_is_built_with_one_mean_and_std_and_explained_like_any(tmp_path, capsys):
+    """A 1-channel model (an X-ray or line-scan classifier) sees each image's luminance; every method answers,
+    and the overlay is drawn on the picture the model saw. Built with ImageNet's 3-value defaults it is refused
+    with what to give instead."""
+    with pytest.raises(SystemExit):  # refused: the CLI says why (exit 1) and writes no MAR
+        build_custom_mar(tmp_path, source=GRAY_NET)
+    assert "give --mean and --std one value each" in capsys.readouterr().err
+    assert not (tmp_path / "tiny.mar").exists()
+    mar = build_custom_mar(tmp_path, "--mean", "0.5", "--std", "0.25", source=GRAY_NET)
+    handler = GradCamHandler()
+    handler.initialize(load_context(unpack_mar(mar, tmp_path / "model"), "gray"))
+    methods = ("gradcam", "guided_backprop", "occlusion", "integrated_gradients", "eigencam", "activations")
+    rows = [{"data": bytearray(image_bytes(i)), "method": method.encode()} for i, method in enumerate(methods)]
+    rows.append({"data": bytearray(image_bytes(9)), "format": b"overlay", "faithfulness": b"full"})
+    statuses, bodies, _ = run_batch(handler, rows)
+    assert statuses == [200] * len(rows) and handler.explainer.channels == 1
+    for body, method in zip(bodies, (*methods, "gradcam"), strict=True):
+        assert body["explanations"][0]["method"] == method
+    overlay = Image.open(io.BytesIO(base64.b64decode(bodies[-1]["explanations"][0]["png"])))
+    assert overlay.mode == "RGB" and overlay.size == (SIDE, SIDE)
+    assert bodies[-1]["explanations"][0]["faithfulness"]["deletion_auc"] is not None

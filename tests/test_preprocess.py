@@ -83,3 +83,21 @@ def test_view_is_torchvisions_resize_and_crop(spec: InputSpec, size: tuple[int, 
     view = Preprocessor(spec).view(picture)
     expected = _torchvision_view(spec, picture)
     assert view.size == expected.size and np.array_equal(np.asarray(view), np.asarray(expected))
+
+
+def test_a_grayscale_spec_gives_one_channel_of_luminance() -> None:
+    """One mean and std: the model takes 1 channel, the view's ITU-R 601-2 luminance (PIL's L), normalised."""
+    spec = InputSpec(resize=(24, 36), mean=(0.5,), std=(0.25,))
+    preprocessor = Preprocessor(spec)
+    views = [preprocessor.view(picture) for picture in _pictures(3)]
+    batch = preprocessor.batch(views)
+    expected = torch.stack([TF.normalize(TF.to_tensor(view.convert("L")), [0.5], [0.25]) for view in views])
+    assert spec.channels == 1 and batch.shape == (3, 1, 24, 36)
+    assert torch.allclose(batch, expected, rtol=0, atol=1e-5)
+
+
+def test_mean_and_std_need_one_value_per_channel() -> None:
+    with pytest.raises(ValueError, match="3 \\(RGB\\) or 1 \\(grayscale\\), got 2 and 2"):
+        InputSpec(resize=(24, 24), mean=(0.5, 0.5), std=(0.2, 0.2))
+    with pytest.raises(ValueError, match="got 1 and 3"):
+        InputSpec(resize=(24, 24), mean=(0.5,))

@@ -112,3 +112,28 @@ def test_a_server_without_timm_names_it_for_timm_mars_only(deit_dir, tmp_path, m
     other.initialize(custom_context(tmp_path))  # a MAR that is no timm model does not need it
     statuses, _, _ = run_batch(other, [{"body": bytearray(image_bytes(1))}])
     assert statuses == [200]
+
+
+def test_a_one_channel_timm_model_gets_one_mean_and_std_and_answers(tmp_path):
+    """``in_chans=1``: timm's RGB mean and std averaged to one value each, and the worker feeds luminance."""
+    torch.manual_seed(0)
+    torch.save(timm.create_model("resnet10t", in_chans=1, num_classes=3).state_dict(), tmp_path / "gray.pth")
+    (tmp_path / "labels.txt").write_text("ok\nscratch\ndent")
+    weights, labels = str(tmp_path / "gray.pth"), str(tmp_path / "labels.txt")
+    flags = ["--model-kwargs", '{"in_chans": 1}', "--name", "gray", "--export-path", str(tmp_path)]
+    archive.main(["timm", "--model", "resnet10t", "--weights", weights, "--labels", labels, *flags])
+    model_dir = unpack_mar(tmp_path / "gray.mar", tmp_path / "model")
+    spec = yaml.safe_load((model_dir / "model-config.yaml").read_text())["gradcam"]["input"]
+    assert spec["mean"] == [pytest.approx((0.485 + 0.456 + 0.406) / 3)]
+    assert spec["std"] == [pytest.approx((0.229 + 0.224 + 0.225) / 3)]
+    handler = GradCamHandler()
+    handler.initialize(load_context(model_dir, "gray"))
+    rows = [
+        {"data": bytearray(image_bytes(i)), "method": method}
+        for i, method in enumerate((b"gradcam", b"guided_gradcam"))
+    ]
+    statuses, bodies, _ = run_batch(handler, rows)
+    assert statuses == [200, 200] and [body["explanations"][0]["method"] for body in bodies] == [
+        "gradcam",
+        "guided_gradcam",
+    ]

@@ -99,10 +99,12 @@ class Explainer:
         *,
         cam_fast_path: bool = True,
         limits: MethodLimits | None = None,
+        channels: int = 3,
     ) -> None:
         self.device = torch.device(device)
+        self.channels = channels  # of the model's input: 3 (RGB) or 1 (grayscale)
         model = model.to(self.device).eval().requires_grad_(False)
-        example = torch.rand((1, 3, *input_size), generator=torch.Generator().manual_seed(0)).to(self.device)
+        example = torch.rand((1, channels, *input_size), generator=torch.Generator().manual_seed(0)).to(self.device)
         records, logits = trace_module_outputs(model, example)
         self.num_classes = int(logits.shape[1])
         self._norms = norm_modules(model)  # their one-image backward needs a fix (norm_gradients.py)

@@ -33,7 +33,7 @@ _TIMED_CALLS = 2
 
 def seconds_per_row(explainer: Explainer) -> float:
     """Seconds a plain forward of one image takes, as measured now (best of ``_TIMED_CALLS``)."""
-    image = torch.rand((1, 3, *explainer.input_size), generator=torch.Generator().manual_seed(0))
+    image = torch.rand((1, explainer.channels, *explainer.input_size), generator=torch.Generator().manual_seed(0))
     image = image.to(explainer.device)
     best = float("inf")
     with torch.inference_mode():

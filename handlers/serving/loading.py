@@ -37,7 +37,14 @@ def load_served_model(
     config = ServingConfig.from_yaml(yaml_config)
     state = read_state_dict(weights, device) if weights else None
     model = build_model(config.model, model_dir, state)
-    explainer = Explainer(model, config.input.size, config.target_layer, device, limits=config.method_limits)
+    explainer = Explainer(
+        model,
+        config.input.size,
+        config.target_layer,
+        device,
+        limits=config.method_limits,
+        channels=config.input.channels,
+    )
     labels = read_labels(os.path.join(model_dir, LABELS_FILE), explainer.num_classes)
     options = OptionParser(labels, list(METHODS), config.defaults, config.max_targets, config.max_top_k)
     return ServedModel(config, explainer, labels, options)
