@@ -108,6 +108,7 @@ def _too_large(size: int, limit: int, options: RequestOptions) -> RequestError:
 
 
 def _over_budget(rows: int, budget: int) -> str:
+    """The 400 of a request that alone needs more forward passes than a whole batch may cost."""
     return (
         f"this request needs {rows} forward passes per image (its method, targets and faithfulness steps); this "
         f"model runs at most {budget} per batch within its response timeout (max_batch_forwards): ask for fewer "
@@ -116,6 +117,7 @@ def _over_budget(rows: int, budget: int) -> str:
 
 
 def _batch_full(budget: int) -> str:
+    """The 503 of a request that no longer fits beside its batch-mates: it would fit alone, so retry."""
     return (
         f"this request's explanation does not fit beside the rest of its batch in the model's budget of {budget} "
         "forward passes per batch (max_batch_forwards, sized to its response timeout): retry"
