@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from fractions import Fraction
 from typing import ClassVar
 
 import av
@@ -16,7 +17,17 @@ from PIL import Image
 from handlers.client.api import ApiError, ExplainClient, ServerUnreachable
 from handlers.client.drawing import FrameDrawer, Layer, layout
 from handlers.client.original import placed_box
-from handlers.client.video import blank, plain, planes_of, reduction, sent_picture, sent_size, upright, yuv420p
+from handlers.client.video import (
+    VideoWriter,
+    blank,
+    plain,
+    planes_of,
+    reduction,
+    sent_picture,
+    sent_size,
+    upright,
+    yuv420p,
+)
 from handlers.inspection import scenes
 from handlers.render.original import overlay_on_original
 from handlers.testing.local_http import JsonHandler, serving
@@ -275,3 +286,25 @@ def test_the_geometry_of_a_shrunk_frame_scales_back_to_the_frame():
     sent = sent_size((1000, 750), 3)
     answer = {"geometry": {"original_size": list(sent), "box": [0, 0, *sent]}}
     assert placed_box(answer, (1000, 750)) == pytest.approx((0, 0, 1000, 750))
+
+
+@pytest.mark.parametrize(
+    ("times", "rate"),
+    [
+        ([3.0 + i / 25 for i in range(10)], Fraction(25)),  # constant 25 fps, starting 3 s into the source
+        ([0.0, 0.033, 0.066, 0.1, 0.2, 0.3, 0.333, 0.366, 0.6, 0.633], Fraction(30)),  # a phone's variable rate
+    ],
+)
+def test_frames_are_written_at_their_source_times(tmp_path, times, rate):
+    """Each frame keeps its source time (from the first one's), so a variable frame rate keeps time; a constant
+    one keeps its rate."""
+    writer = VideoWriter(tmp_path / "out.mp4", rate, (64, 48), "libx264")
+    for time in times:
+        writer.write(blank((64, 48))[0], time)
+    writer.close()
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        stream = container.streams.video[0]
+        written = [float(frame.time) for frame in container.decode(stream)]
+        assert written == pytest.approx([time - times[0] for time in times], abs=1e-4)
+        if rate == 25:
+            assert stream.average_rate == 25

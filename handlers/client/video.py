@@ -12,11 +12,11 @@ original``: bicubic into the box the model saw) straight onto the decoded yuv420
 encoder's own format (``drawing.py``: no RGB picture of the full frame is ever made), by the
 thread that sent it, after the answer (so the next frame has gone already); the decoding thread
 only decodes, hands out and encodes H.264. The overlay video is written in frame order at the
-source's frame rate; a frame between explained ones (``fps`` below the source's) shows the last
-map over its own pixels (``between="hold"``) or is written plain (``"plain"``). A frame whose
-request fails is reported and left out (its time slot stays: the picture before it stays on
-screen), the rest is written. Whatever ends the run (the last frame, an error, Ctrl-C), the
-video is finished and closed, so it plays.
+source's frame times (a variable frame rate included); a frame between explained ones (``fps``
+below the source's) shows the last map over its own pixels (``between="hold"``) or is written
+plain (``"plain"``). A frame whose request fails is reported and left out (its time slot stays:
+the picture before it stays on screen), the rest is written. Whatever ends the run (the last
+frame, an error, Ctrl-C), the video is finished and closed, so it plays.
 
 One JSON line per explained frame: ``frame``, ``time`` (seconds), ``label``/``probability`` of
 the top prediction, ``target`` (the explained class; null for class-agnostic methods),
@@ -126,8 +126,12 @@ class Schedule:
         return True
 
 
+TIME_BASE = Fraction(1, 90_000)  # of the output's timestamps: MPEG's clock, fine enough for any source's times
+
+
 class VideoWriter:
-    """H.264 in the output container at a constant frame rate; pts are source frame numbers, so gaps keep time.
+    """H.264 in the output container, each frame at its source frame's time (from the first one's, in 1/90,000 s),
+    so a variable frame rate, and the gap a left-out frame leaves, keep time; ``rate`` is the nominal one.
 
     yuv420p needs even sides: an odd last row or column is left off (``planes_of``).
     """
@@ -144,13 +148,18 @@ class VideoWriter:
         self.stream.pix_fmt = "yuv420p"
         if codec == CODEC:
             self.stream.options = {"crf": CRF, "preset": PRESET}
+        self.stream.codec_context.time_base = TIME_BASE
+        self.start: float | None = None  # the first frame's source time: the output's zero
         self.last_pts = -1
 
-    def write(self, frame: av.VideoFrame, pts: int) -> None:
-        """Encode one yuv420p frame of ``size`` (``blank``'s) as frame ``pts`` (later than every frame before)."""
-        frame.pts = pts
+    def write(self, frame: av.VideoFrame, time: float) -> None:
+        """Encode one yuv420p frame of ``size`` (``blank``'s) shown at source ``time`` (s, after every frame before)."""
+        if self.start is None:
+            self.start = time
+        frame.pts = max(round((time - self.start) / TIME_BASE), self.last_pts + 1)
+        frame.time_base = TIME_BASE
         self.container.mux(self.stream.encode(frame))
-        self.last_pts = pts
+        self.last_pts = frame.pts
 
     def close(self) -> None:
         """Flush the encoder and write the container's index: the file plays from here on."""
@@ -378,12 +387,12 @@ class VideoExplainer:
                 frame = self.overlay(slot.frame, held.heatmap, held.box)
             else:
                 frame = plain(yuv420p(slot.frame))
-            writer.write(frame, slot.index)
+            writer.write(frame, slot.time)
             tally.written += 1
             return held
         outcome = slot.answer.result()
         if outcome.drawn is not None:
-            writer.write(outcome.drawn, slot.index)
+            writer.write(outcome.drawn, slot.time)
         records.write(json.dumps(outcome.record, separators=(",", ":")) + "\n")
         records.flush()
         if outcome.drawn is None:
