@@ -37,7 +37,7 @@ from .models import (
     read_label_file,
 )
 from .preprocess import InputSpec
-from .serving.config import CONFIG_KEY, LIMIT_DEFAULTS, ServingConfig
+from .serving.config import CONFIG_KEY, LIMIT_DEFAULTS, OPTIONAL_WHOLE, ServingConfig
 from .serving.faithfulness import LEVELS as FAITHFULNESS_LEVELS
 from .serving.loading import load_served_model
 from .serving.options import BUILTIN_DEFAULTS, FORMATS, SIZES, OptionParser
@@ -55,6 +55,8 @@ _NOT_SHIPPED = shutil.ignore_patterns(
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # One flag per per-model limit of the serving config; each default comes from its table.
 LIMIT_FLAGS = {key: "--" + key.removesuffix("_s").replace("_", "-") for key in LIMIT_DEFAULTS}
+# The serving config's keys that may be left out (the worker decides then), each with its flag.
+OPTIONAL_FLAGS = {key: "--" + key.replace("_", "-") for key in OPTIONAL_WHOLE}
 _LIMIT_HELP = {
     "max_image_pixels": "refuse larger images with 413",
     "max_targets": "most classes one request may name or explain",
@@ -322,7 +324,7 @@ def model_config(args: argparse.Namespace, model: dict[str, Any], input_spec: di
     }
     if args.target_layer:
         section["target_layer"] = args.target_layer
-    for key in ("torch_threads", "max_batch_forwards"):  # left out: the worker decides
+    for key in OPTIONAL_WHOLE:  # left out: the worker decides
         if getattr(args, key) is not None:
             section[key] = getattr(args, key)
     workers = {"minWorkers": args.workers, "maxWorkers": args.workers} if args.workers else {}
@@ -337,12 +339,7 @@ def model_config(args: argparse.Namespace, model: dict[str, Any], input_spec: di
 
 def _flag_of(message: str) -> str:
     """The flag behind a config or option error message ('gradcam.max_targets', option 'top_k')."""
-    keys = {
-        **LIMIT_FLAGS,
-        "torch_threads": "--torch-threads",
-        "max_batch_forwards": "--max-batch-forwards",
-        "target_layer": "--target-layer",
-    }
+    keys = {**LIMIT_FLAGS, **OPTIONAL_FLAGS, "target_layer": "--target-layer"}
     for key, flag in keys.items():
         if f"'{CONFIG_KEY}.{key}'" in message:
             return flag

@@ -32,7 +32,7 @@ LIMIT_DEFAULTS: dict[str, int | float] = {
 }
 
 # Whole numbers >= 1 that may be left out: then the worker decides (ServingConfig's comments).
-_OPTIONAL_WHOLE = ("torch_threads", "max_batch_forwards")
+OPTIONAL_WHOLE = ("torch_threads", "max_batch_forwards")
 
 
 def model_builder(yaml_config: Any) -> str | None:
@@ -86,7 +86,7 @@ class ServingConfig:
         section = (yaml_config or {}).get(CONFIG_KEY)
         if not isinstance(section, dict):
             raise ValueError(f"model-config YAML has no '{CONFIG_KEY}:' section (build the MAR with handlers.archive)")
-        unknown = set(section) - {"model", "input", "target_layer", "defaults", *_OPTIONAL_WHOLE, *LIMIT_DEFAULTS}
+        unknown = set(section) - {"model", "input", "target_layer", "defaults", *OPTIONAL_WHOLE, *LIMIT_DEFAULTS}
         if unknown:
             raise ValueError(f"unknown key(s) in '{CONFIG_KEY}:' section: {', '.join(sorted(unknown))}")
         raw_input = dict(section.get("input") or {})
@@ -100,7 +100,7 @@ class ServingConfig:
         for key in ("mean", "std"):
             if key in raw_input:
                 raw_input[key] = tuple(float(v) for v in raw_input[key])
-        for key in _OPTIONAL_WHOLE:
+        for key in OPTIONAL_WHOLE:
             value = section.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"'{CONFIG_KEY}.{key}' must be a whole number >= 1, got {value!r}")
