@@ -104,9 +104,11 @@ def _orientation(projection: torch.Tensor, agreement: torch.Tensor, energy: torc
     the sign followed float rounding (agreements of 1e-8 of their scale), so a map could flip with
     its batch-mates; CNN maps agree at 0.06 to 6 of the scale, |projection| x sqrt(trace of the Gram)."""
     scale = torch.linalg.vector_norm(projection, dim=1) * energy.clamp_min(0).sqrt()
-    peak = projection.gather(1, projection.abs().argmax(dim=1, keepdim=True))[:, 0]
     decided = agreement.abs() > _UNDECIDED * scale
-    return torch.where(torch.where(decided, agreement, peak) < 0, -1.0, 1.0).to(projection.dtype)
+    if not bool(decided.all()):  # the largest entries only where needed: CNN maps never ask
+        peak = projection.gather(1, projection.abs().argmax(dim=1, keepdim=True))[:, 0]
+        agreement = torch.where(decided, agreement, peak)
+    return torch.where(agreement < 0, -1.0, 1.0).to(projection.dtype)
 
 
 class EigenCam(Method):
